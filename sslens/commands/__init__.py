@@ -1,0 +1,1 @@
+"""CLI verbs, one module each: ``register(subparsers)`` adds the verb and sets ``func``."""

@@ -1,0 +1,28 @@
+"""One error type for bad input: a single line naming the field and what is allowed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SslensError(ValueError):
+    """Bad user input. ``str(err)`` is one line: ``<field>: <problem>; allowed: <values>``."""
+
+    def __init__(self, field: str, problem: str, allowed: Any = None):
+        self.field, self.problem, self.allowed = field, problem, allowed
+        msg = f"{field}: {problem}"
+        if allowed is not None:
+            msg += f"; allowed: {allowed}"
+        super().__init__(msg)
+
+
+def require(cond: bool, field: str, problem: str, allowed: Any = None) -> None:
+    """Raise :class:`SslensError` unless ``cond``."""
+    if not cond:
+        raise SslensError(field, problem, allowed)
+
+
+def choice(value: Any, field: str, allowed: list | tuple) -> Any:
+    """Return ``value`` if it is one of ``allowed``, else raise naming ``field``."""
+    require(value in allowed, field, f"got {value!r}", ", ".join(map(str, allowed)))
+    return value

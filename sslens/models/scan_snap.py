@@ -1,0 +1,115 @@
+"""The Scan&Snap Y/Z model as a HookedTransformer (theory.md 1.1).
+
+One layer, one head, d_model = d_head = M, one-hot embeddings: W_E = W_K = W_V = W_O = I (frozen),
+W_Q = Z (trainable, z_ml = logit of key l for query m), W_U = Y (trainable), W_pos = 0 and every
+bias 0 (frozen), no attention scale. Permanent hooks: the query does not attend to itself, no
+residual, the attention output is l2-normalised. Then
+
+    b_t = softmax_t(z[m, x_t]) over t < T,   f = sum_t b_t e_{x_t},   logits = Y^T f / ||f||.
+
+Loss: cross-entropy on the last position (``sslens.losses.last_token_ce``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from sslens.errors import choice, require
+from sslens.hooks.variants import apply_variants
+
+INITS = ("zero", "random")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+SS_VARIANTS = ["no_self_attention", "no_residual", "l2_normalize_output"]
+TRAINABLE = ["blocks.0.attn.W_Q", "unembed.W_U"]
+
+
+def scan_snap_config(M: int, n_ctx: int = 128, init: str = "zero", dtype: str = "float32") -> dict:
+    """The sslens model config (a JSON-able dict) of the Y/Z model."""
+    return {"kind": "scan_snap", "M": M, "n_ctx": n_ctx, "init": init, "dtype": dtype}
+
+
+def hooked_config(M: int, n_ctx: int, dtype: torch.dtype) -> HookedTransformerConfig:
+    """The HookedTransformerConfig part: everything a config can say."""
+    return HookedTransformerConfig(
+        n_layers=1,
+        n_heads=1,
+        d_model=M,
+        d_head=M,
+        d_vocab=M,
+        d_vocab_out=M,
+        n_ctx=n_ctx,
+        attn_only=True,
+        normalization_type=None,
+        use_attn_scale=False,
+        positional_embedding_type="standard",
+        default_prepend_bos=False,
+        act_fn=None,
+        dtype=dtype,
+        device="cpu",
+        model_name="sslens-scan-snap",
+    )
+
+
+def init_Z_Y(M: int, init: str, generator: torch.Generator | None, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Z and Y at init: zeros (theory, Fig. 4) or nn.Linear's default U(-1/sqrt(M), 1/sqrt(M)) (Fig. 6)."""
+    choice(init, "init", INITS)
+    if init == "zero":
+        return torch.zeros(M, M, dtype=dtype), torch.zeros(M, M, dtype=dtype)
+    b = 1.0 / math.sqrt(M)
+    Z = torch.empty(M, M, dtype=dtype).uniform_(-b, b, generator=generator)
+    Y = torch.empty(M, M, dtype=dtype).uniform_(-b, b, generator=generator)
+    return Z, Y
+
+
+def scan_snap(
+    M: int,
+    n_ctx: int = 128,
+    init: str = "zero",
+    dtype: str = "float32",
+    generator: torch.Generator | None = None,
+    Z: Float[Tensor, "M M"] | None = None,
+    Y: Float[Tensor, "M M"] | None = None,
+) -> HookedTransformer:
+    """Build the Y/Z model; ``Z``/``Y`` override the init. ``model.sslens_config`` rebuilds it."""
+    require(isinstance(M, int) and M >= 2, "M", f"got {M!r}", "an int >= 2")
+    require(isinstance(n_ctx, int) and n_ctx >= 2, "n_ctx", f"got {n_ctx!r}", "an int >= 2")
+    choice(dtype, "dtype", tuple(DTYPES))
+    tdtype = DTYPES[dtype]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TL 3.x deprecates HookedTransformer; built on purpose
+        model = HookedTransformer(hooked_config(M, n_ctx, tdtype))
+    Z0, Y0 = init_Z_Y(M, init, generator, tdtype)
+    Z0 = Z0 if Z is None else Z.to(tdtype)
+    Y0 = Y0 if Y is None else Y.to(tdtype)
+    eye = torch.eye(M, dtype=tdtype)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.zero_()
+            p.requires_grad_(name in TRAINABLE)
+        model.embed.W_E.copy_(eye)
+        attn = model.blocks[0].attn
+        attn.W_K[0].copy_(eye)
+        attn.W_V[0].copy_(eye)
+        attn.W_O[0].copy_(eye)
+        attn.W_Q[0].copy_(Z0)
+        model.unembed.W_U.copy_(Y0)
+    apply_variants(model, SS_VARIANTS)
+    model.sslens_config = scan_snap_config(M, n_ctx, init, dtype)
+    model.sslens_trainable = list(TRAINABLE)
+    return model
+
+
+def Z_of(model: HookedTransformer) -> Float[Tensor, "M M"]:
+    """The attention pseudo-logits Z (= W_Q of head 0)."""
+    return model.blocks[0].attn.W_Q[0]
+
+
+def Y_of(model: HookedTransformer) -> Float[Tensor, "M M"]:
+    """The decoder Y (= W_U)."""
+    return model.unembed.W_U
