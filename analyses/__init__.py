@@ -1,0 +1,1 @@
+"""Analyses of recordings and checkpoints: composition, rank, condensation, theory checks, reports."""

@@ -1,0 +1,128 @@
+"""Self-contained HTML reports: embedded PNG figures, tables, and circuitsvis views that open offline.
+
+circuitsvis views are written from ``RenderedHTML.local_src`` (its JavaScript bundle inlined); never
+from ``_repr_html_``/``str()``, which probe the network and fall back to a CDN. Each view inlines the
+~1.3 MB bundle, so a report shows several steps in one view (one "head" per step), not one view each.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from sslens.store import atomic_write_text
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;color:#222}
+h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.9em;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f4f4f4}.pass{color:#0a7a2f;font-weight:600}.fail{color:#b00020;font-weight:600}
+figure{margin:12px 0}figcaption{font-size:.85em;color:#555}.note{background:#fff7e0;border-left:4px solid #e0a800;padding:6px 10px}
+"""
+
+
+class Report:
+    """Build an HTML page section by section; ``save(path)`` writes it atomically."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.parts: list[str] = []
+
+    def h2(self, text: str) -> "Report":
+        self.parts.append(f"<h2>{html.escape(text)}</h2>")
+        return self
+
+    def p(self, text: str, cls: str | None = None) -> "Report":
+        c = f' class="{cls}"' if cls else ""
+        self.parts.append(f"<p{c}>{html.escape(text)}</p>")
+        return self
+
+    def note(self, text: str) -> "Report":
+        return self.p(text, cls="note")
+
+    def figure(self, fig, caption: str | None = None, dpi: int = 110) -> "Report":
+        """Embed a matplotlib figure as a base64 PNG (and close it)."""
+        import matplotlib.pyplot as plt
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+        plt.close(fig)
+        data = base64.b64encode(buf.getvalue()).decode()
+        cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+        self.parts.append(f'<figure><img alt="{html.escape(caption or "figure")}" src="data:image/png;base64,{data}">{cap}</figure>')
+        return self
+
+    def table(self, rows: Sequence[dict[str, Any]], caption: str | None = None) -> "Report":
+        """A table from dicts; a boolean column named ``pass`` is coloured."""
+        if not rows:
+            return self
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+        body = []
+        for r in rows:
+            cells = []
+            for c in cols:
+                v = r.get(c, "")
+                if isinstance(v, bool):
+                    cells.append(f'<td class="{"pass" if v else "fail"}">{"pass" if v else "FAIL"}</td>')
+                elif isinstance(v, float):
+                    cells.append(f"<td>{v:.4g}</td>")
+                else:
+                    cells.append(f"<td>{html.escape(str(v))}</td>")
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+        self.parts.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+        return self
+
+    def circuitsvis(self, rendered, caption: str | None = None) -> "Report":
+        """A circuitsvis view from its ``local_src`` (inlined JS; no network)."""
+        self.parts.append(f'<div class="cv">{rendered.local_src}</div>')
+        if caption:
+            self.parts.append(f"<p><small>{html.escape(caption)}</small></p>")
+        return self
+
+    def render(self) -> str:
+        t = html.escape(self.title)
+        return (
+            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{t}</title>'
+            f"<style>{_CSS}</style></head><body><h1>{t}</h1>\n" + "\n".join(self.parts) + "\n</body></html>\n"
+        )
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        atomic_write_text(path, self.render())
+        return path
+
+
+def attention_steps_view(
+    patterns: Float[Tensor, "steps q k"], tokens: list[str], steps: Sequence[int], max_tokens: int = 64
+):
+    """One circuitsvis ``attention_heads`` view with one panel per step (steps shown as heads)."""
+    import circuitsvis as cv
+
+    n = min(len(tokens), max_tokens)
+    att = patterns[:, -n:, -n:].detach().float().cpu()
+    return cv.attention.attention_heads(
+        attention=att, tokens=[str(t) for t in tokens[-n:]], attention_head_names=[f"step {s}" for s in steps]
+    )
+
+
+def external_resources(page: str) -> list[str]:
+    """External scripts, stylesheets or module imports in an HTML page (empty means it opens offline)."""
+    import re
+
+    pats = [
+        r"<script[^>]*\bsrc\s*=\s*[\"']?(?!data:)([^\"'\s>]+)",
+        r"<link[^>]*\bhref\s*=\s*[\"']?(https?:[^\"'\s>]+)",
+        r"\bimport\s[^;]*?\bfrom\s*[\"'](https?:[^\"']+)",
+        r"\bimport\s*\(\s*[\"'](https?:[^\"']+)",
+        r"@import\s+(?:url\()?[\"']?(https?:[^\"')\s]+)",
+    ]
+    return [m for p in pats for m in re.findall(p, page)]

@@ -1,0 +1,1 @@
+"""Closed forms and predictions of both papers: pure, vectorised functions of data and parameters."""
