@@ -8,6 +8,7 @@ scheduled ones, records per layer and head
     QK_tok[l, h]    = W_E W_Q W_K^T W_E^T / attn_scale [d_vocab, d_vocab]   (token space; Z in Scan&Snap)
     OV_tok[l, h]    = W_E W_V W_O W_U                 [d_vocab, d_vocab_out] (token space; Y when W_V W_O = I)
     pattern[l]      = hook_pattern on a fixed probe batch [probe, head, q, k]
+    probe.tokens, probe.target  the probe batch itself (target: e.g. the next token / class label)
 
 ``attn_scale`` is the scale the model really divides by (sqrt(d_head) by default, 1 with
 ``use_attn_scale=False``), so QK_tok is exactly the pre-softmax score of a token pair without
@@ -73,6 +74,7 @@ class CircuitRecorder:
         schedule: steps to record (an iterable, or a ``step -> bool`` callable). Default:
             ``log_schedule(total_steps)`` when ``total_steps`` is given, else every power of two.
         probe_tokens: a fixed ``[probe, pos]`` batch whose ``hook_pattern`` is recorded.
+        probe_target: its targets (recorded alongside, e.g. to group patterns by class).
         start_step: optimizer steps already taken (when resuming).
     """
 
@@ -82,6 +84,7 @@ class CircuitRecorder:
         store: str | Path | RunStore | None = None,
         schedule: Iterable[int] | Callable[[int], bool] | None = None,
         probe_tokens: Int[Tensor, "probe pos"] | None = None,
+        probe_target: Tensor | None = None,
         total_steps: int | None = None,
         start_step: int = 0,
         max_token_vocab: int = 4096,
@@ -92,6 +95,7 @@ class CircuitRecorder:
             schedule = log_schedule(total_steps) if total_steps is not None else (lambda s: s & (s - 1) == 0)
         self._schedule = schedule if callable(schedule) else set(int(s) for s in schedule)
         self.probe_tokens = probe_tokens
+        self.probe_target = probe_target
         self.step = start_step
         self.token_space = model.cfg.d_vocab <= max_token_vocab and model.cfg.d_vocab_out <= max_token_vocab
         self.records: dict[int, dict[str, Tensor]] = {}
@@ -107,6 +111,9 @@ class CircuitRecorder:
         rec = circuits(self.model, token_space=self.token_space)
         if self.probe_tokens is not None:
             rec.update(probe_patterns(self.model, self.probe_tokens))
+            rec["probe.tokens"] = self.probe_tokens
+            if self.probe_target is not None:
+                rec["probe.target"] = self.probe_target
         rec = {k: v.detach().cpu().clone() for k, v in rec.items()}
         if self.store is not None:
             self.store.save_recording(step, rec)

@@ -198,8 +198,10 @@ def train(
     recorder = None
     if cfg.record_n > 0:
         probe_gen = torch.Generator().manual_seed(cfg.seed + 7_654_321)
-        probe, _ = task.batch(cfg.probe_batch, probe_gen)
-        recorder = CircuitRecorder(model, store=store, schedule=cfg.schedule(), probe_tokens=probe, start_step=start)
+        probe, probe_target = task.batch(cfg.probe_batch, probe_gen)
+        recorder = CircuitRecorder(
+            model, store=store, schedule=cfg.schedule(), probe_tokens=probe, probe_target=probe_target, start_step=start
+        )
         recorder.attach(optimizer)
     model.sslens_recorder = recorder
 

@@ -38,3 +38,12 @@ def distinct_entropy(c: Float[Tensor, "*runs K M"], distinct: list[list[int]]) -
         sub = sub / sub.sum(-1, keepdim=True)
         out.append(entropy(sub))
     return torch.stack(out, dim=-1)
+
+
+def recall(
+    c: Float[Tensor, "*runs K M"], distinct: list[list[int]], thresholds: Float[Tensor, "n_thr"]
+) -> Float[Tensor, "*runs n_thr"]:
+    """Figs. 11-12: fraction of all classes' distinct tokens whose attention c_{l|n} exceeds each threshold."""
+    vals = torch.cat([c[..., k, toks] for k, toks in enumerate(distinct)], dim=-1)  # [*runs, n_distinct]
+    thr = thresholds.to(vals.dtype)
+    return (vals[..., None, :] > thr[:, None]).to(vals.dtype).mean(-1)
