@@ -25,6 +25,7 @@ import einops
 import torch
 from jaxtyping import Int
 from torch import Tensor
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformer_lens import HookedTransformer
 
 from sslens.schedule import log_schedule
@@ -126,12 +127,34 @@ class CircuitRecorder:
         if self.scheduled(self.step):
             self.record()
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> "CircuitRecorder":
-        """Record after every scheduled ``optimizer.step()``; records the current step now if scheduled."""
+    def attach(self, optimizer: torch.optim.Optimizer | None = None) -> "CircuitRecorder":
+        """Record after every scheduled ``optimizer.step()``; records the current step now if scheduled.
+
+        With no ``optimizer`` (a loop that builds its own, e.g. ``transformer_lens.train.train``), a
+        global post-step hook counts the steps of any optimizer that holds this model's parameters.
+        Use as a context manager to detach on exit.
+        """
         if self.scheduled(self.step) and not self._have(self.step):
             self.record()
-        self._handle = optimizer.register_step_post_hook(self._after_step)
+        if optimizer is not None:
+            self._handle = optimizer.register_step_post_hook(self._after_step)
+        else:
+            mine = {id(p) for p in self.model.parameters()}
+
+            def hook(opt, args, kwargs):
+                if any(id(p) in mine for g in opt.param_groups for p in g["params"]):
+                    self._after_step(opt, args, kwargs)
+
+            self._handle = register_optimizer_step_post_hook(hook)
         return self
+
+    def __enter__(self) -> "CircuitRecorder":
+        if self._handle is None:
+            self.attach()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
 
     def detach(self) -> None:
         if self._handle is not None:
