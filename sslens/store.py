@@ -57,8 +57,14 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def atomic_save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, Any] | None = None) -> None:
-    """safetensors file written atomically; ``metadata`` is stored as one JSON string."""
+def atomic_save_tensors(
+    path: Path, tensors: dict[str, Tensor], metadata: dict[str, Any] | None = None, fsync: bool = True
+) -> None:
+    """safetensors file written atomically; ``metadata`` is stored as one JSON string.
+
+    ``fsync=False`` keeps the temp-file + rename atomicity (a killed process never leaves a torn file)
+    but skips flushing to disk, which only matters on power loss (used for recordings, a hot path).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -66,8 +72,9 @@ def atomic_save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[s
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         save_file(tensors, tmp, metadata={"sslens": json.dumps(metadata or {})})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -156,7 +163,9 @@ class RunStore:
         return self._steps("recordings")
 
     def save_recording(self, step: int, tensors: dict[str, Tensor], metadata: dict | None = None) -> None:
-        atomic_save_tensors(self.path / "recordings" / step_file(step), tensors, {"step": step, **(metadata or {})})
+        atomic_save_tensors(
+            self.path / "recordings" / step_file(step), tensors, {"step": step, **(metadata or {})}, fsync=False
+        )
 
     def load_recording(self, step: int) -> dict[str, Tensor]:
         return load_tensors(self.path / "recordings" / step_file(step))[0]
