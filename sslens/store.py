@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -91,7 +91,7 @@ def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("sslens", "{}"))
         return load_file(str(path)), meta
-    except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError, json.JSONDecodeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SslensError("checkpoint", f"{path} is not a readable safetensors file ({first})", "a complete .safetensors file") from None
 
