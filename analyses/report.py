@@ -44,6 +44,12 @@ class Report:
         self.parts.append(f"<p{c}>{html.escape(text)}</p>")
         return self
 
+    def links(self, items: Sequence[tuple[str, str]], label: str = "") -> "Report":
+        """A line of relative links, e.g. to per-run reports."""
+        a = ", ".join(f'<a href="{html.escape(href)}">{html.escape(text)}</a>' for text, href in items)
+        self.parts.append(f"<p>{html.escape(label)}{a}</p>")
+        return self
+
     def note(self, text: str) -> "Report":
         return self.p(text, cls="note")
 

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from sslens.errors import SslensError
 
+FILE_MODE = 0o644  # mkstemp creates 0600; run files are meant to be shared and read
 _STEP_RE = re.compile(r"step_(\d{8})\.safetensors$")
 
 
@@ -37,6 +38,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -69,6 +71,7 @@ def atomic_save_tensors(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, FILE_MODE)
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         save_file(tensors, tmp, metadata={"sslens": json.dumps(metadata or {})})

@@ -1,0 +1,141 @@
+"""``sslens analyze RUN`` for Scan&Snap runs: metrics.json + an offline report.html.
+
+Panels: c_n heatmaps over time (Fig. 4 style), entropy against step with t0 and the measured snap
+marked, z trajectories, chi(t) measured vs Thm 4, the measured-vs-predicted table with the regime and
+theory.md's known failures, and a circuitsvis view of the probe batch at chosen steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from sslens.analyses.composition import trajectory  # noqa: E402
+from sslens.analyses.report import Report, attention_steps_view  # noqa: E402
+from sslens.analyses.scan_snap_checks import checks  # noqa: E402
+from sslens.hooks.recorder import Recording  # noqa: E402
+from sslens.store import RunStore, atomic_write_json  # noqa: E402
+
+
+def composition_heatmap(traj, k: int, show_steps: list[int] | None = None, ax=None):
+    """c_n of class k (rows: steps, columns: the class's common then distinct tokens), Fig. 4 style."""
+    spec = traj.spec
+    toks = spec.common[k] + spec.distinct[k]
+    idx = [traj.steps.index(s) for s in (show_steps or traj.steps) if s in traj.steps]
+    img = traj.c[idx][:, k, toks].numpy()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.2, 0.32 * len(idx) + 1.2))
+    im = ax.imshow(img, aspect="auto", cmap="viridis")
+    ax.axvline(len(spec.common[k]) - 0.5, color="w", ls="--", lw=1)
+    ax.set_yticks(range(len(idx)), [f"step {traj.steps[i]}" for i in idx], fontsize=7)
+    ax.set_xticks(range(len(toks)), toks, fontsize=6, rotation=90)
+    ax.set_xlabel("token id (common | distinct, P rising)")
+    ax.set_title(f"c_n, class {k} (query {spec.queries[k]}, next {spec.nexts[k]})", fontsize=9)
+    plt.colorbar(im, ax=ax, fraction=0.04)
+    return ax
+
+
+def _fig_entropy(traj, out):
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    s = np.asarray(traj.steps, dtype=float)
+    x = np.maximum(s, 0.5)
+    ax.plot(x, traj.entropy.mean(1).numpy(), label="entropy of c_n (all tokens)")
+    ax.plot(x, traj.distinct_entropy.mean(1).numpy(), label="entropy on distinct tokens (Fig. 6 metric)")
+    ax.axvline(max(out["t0"], 0.5), color="k", ls="--", lw=1, label=f"predicted t0 = {out['t0']:.3g}")
+    ax.axvline(max(out["snap_step"], 0.5), color="r", ls=":", lw=1, label=f"measured snap = {out['snap_step']:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("step (0 drawn at 0.5)")
+    ax.set_ylabel("nats (mean over classes)")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _fig_z(traj, k=0):
+    spec = traj.spec
+    z = traj.z_of_class(k).numpy()
+    P = spec.P()[k].numpy()
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    cmap = plt.get_cmap("plasma")
+    pmax = P[spec.distinct[k]].max()
+    for l in spec.distinct[k]:
+        ax.plot(traj.steps, z[:, l], color=cmap(P[l] / pmax * 0.9))
+    for l in spec.common[k]:
+        ax.plot(traj.steps, z[:, l], color="0.6", lw=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("z_ml")
+    ax.set_title(f"z trajectories, class {k}: distinct (colour = P(l|n)), common (grey)", fontsize=9)
+    return fig
+
+
+def _fig_chi(out):
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    t = np.asarray(out["steps"], dtype=float)
+    ax.plot(t, out["chi_measured"], "o-", ms=3, label="measured e^{2 dz} (top distinct token)")
+    ax.plot(t, out["chi_predicted"], "--", label="Thm 4 chi(t)")
+    ax.axvline(out["t0"], color="k", ls=":", lw=1)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlim(left=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("chi")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _fig_loss(rows):
+    fig, ax = plt.subplots(figsize=(5.5, 2.8))
+    ax.semilogy([r["step"] for r in rows], [r["loss"] for r in rows])
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    return fig
+
+
+def analyze(run_dir: Path, out_dir: Path | None = None, view_steps: int = 4) -> dict:
+    """Write metrics.json and report.html for a Scan&Snap run; return the metrics."""
+    store = RunStore(run_dir)
+    out_dir = Path(out_dir or run_dir)
+    cfg = store.read_config()
+    traj = trajectory(store)
+    out = checks(traj, cfg)
+    rows = store.read_metrics()
+    metrics = {
+        "regime": out["regime"], "known_failures": out["known_failures"], "checks": out["rows"],
+        "t0": out["t0"], "snap_step": out["snap_step"], "final_loss": rows[-1]["loss"] if rows else None,
+        "final_entropy": traj.entropy[-1].tolist(), "final_distinct_entropy": traj.distinct_entropy[-1].tolist(),
+        "steps": traj.steps,
+    }
+    atomic_write_json(out_dir / "metrics.json", metrics)
+
+    rep = Report(f"Scan&Snap analysis: {Path(run_dir).name}")
+    rep.p(f"Regime: {out['regime_text']}; {out['regime']['steps']} steps; M = {traj.spec.M}, K = {traj.spec.K}.")
+    for note in out["known_failures"]:
+        rep.note("Known failure regime — " + note)
+    rep.h2("Measured vs predicted")
+    rep.table(out["rows"])
+    rep.h2("Attention composition c_n over time")
+    for k in range(min(traj.spec.K, 2)):
+        fig, ax = plt.subplots(figsize=(5.6, 0.3 * len(traj.steps) + 1.3))
+        composition_heatmap(traj, k, ax=ax)
+        rep.figure(fig, f"c_n of class {k} at every recorded step (long-sequence limit from the recorded Z)")
+    rep.figure(_fig_entropy(traj, out), "Entropy of c_n against step; dashed: predicted snap t0; dotted: measured snap")
+    rep.figure(_fig_z(traj), "z_ml(t) for the query of class 0")
+    rep.figure(_fig_chi(out), "chi(t): measured against Thm 4 (effective rates for SGD with momentum)")
+    if rows:
+        rep.figure(_fig_loss(rows), "Training loss")
+    rec = Recording(store)
+    if "blocks.0.pattern" in rec.keys():
+        idx = sorted(set(np.linspace(0, len(rec.steps) - 1, view_steps).round().astype(int).tolist()))
+        steps = [rec.steps[i] for i in idx]
+        pats = torch.stack([rec.at(s)["blocks.0.pattern"][0, 0] for s in steps])
+        tokens = rec.at(steps[0])["probe.tokens"][0].tolist()
+        rep.h2("Probe attention (circuitsvis)")
+        rep.circuitsvis(attention_steps_view(pats, tokens, steps, max_tokens=48),
+                        "First probe sequence, last 48 positions; one panel per step (the query is the last row).")
+    rep.save(out_dir / "report.html")
+    return metrics
