@@ -1,0 +1,86 @@
+"""Measured-vs-predicted checks: exact answers on trajectories built from the theorems, and failures
+where the trajectory breaks them."""
+
+import numpy as np
+import pytest
+import torch
+
+from sslens.analyses.composition import CompositionTrajectory, c_n, trajectory
+from sslens.analyses.scan_snap_checks import checks, known_failures, regime, snap_step
+from sslens.data import syn_small
+from sslens.models import scan_snap_config
+from sslens.store import RunStore
+from sslens.tasks import SequenceClassTask
+from sslens.theory import scan_snap as th
+from sslens.train import TrainConfig, train
+
+CFG = {"train": {"optimizer": "sgd", "momentum": 0.0, "lr": {"blocks.0.attn.W_Q": 0.1, "unembed.W_U": 5.0}, "steps": 100},
+       "model": {"init": "zero"}}
+
+
+def thm3_trajectory(spec, steps, break_it=False):
+    """Z(t) that satisfies Thm 2 and Thm 3 exactly: each class's top distinct token follows z_ref(t),
+    the others follow the zero-init invariant, common tokens go down."""
+    P = spec.P()
+    Zs = []
+    for t in steps:
+        Z = torch.zeros(spec.M, spec.M, dtype=torch.float64)
+        z_ref = 0.8 * np.log1p(t)
+        for k, d in enumerate(spec.distinct):
+            m = spec.queries[k]
+            p = P[k, d].numpy()
+            z = th.thm3_z_from_one(z_ref, p.max(), p)
+            if break_it:
+                z = z[::-1].copy()  # the rarest token gets the largest logit
+            Z[m, d] = torch.tensor(z)
+            Z[m, spec.common[k]] = -0.05 * t
+        Zs.append(Z)
+    Z = torch.stack(Zs)
+    return CompositionTrajectory(list(steps), c_n(Z, spec), Z, spec)
+
+
+def rows_by_name(out):
+    return {r["check"].split(":")[0] + ":" + r["check"].split(":")[1][:20]: r for r in out["rows"]}
+
+
+def test_exact_theorem_trajectory_passes():
+    s = syn_small()
+    out = checks(thm3_trajectory(s, range(0, 101, 5)), CFG)
+    by = {r["check"]: r for r in out["rows"]}
+    assert by["Thm 2: fraction of distinct tokens whose z rose"]["measured"] == 1.0
+    assert by["Thm 2: fraction of common tokens whose z fell"]["measured"] == 1.0
+    assert by["Thm 3: CV of (1-e^(-2dz))/P^2, all distinct tokens"]["measured"] < 1e-9
+    assert by["ordering: Spearman(final c_n, P(l|n)) over distinct tokens"]["measured"] == pytest.approx(1.0)
+    assert all(r["pass"] for r in out["rows"] if r["check"].startswith(("Thm 2", "Thm 3", "ordering")))
+    assert out["known_failures"] == []
+
+
+def test_broken_trajectory_fails():
+    s = syn_small()
+    out = checks(thm3_trajectory(s, range(0, 101, 5), break_it=True), CFG)
+    by = {r["check"]: r for r in out["rows"]}
+    assert by["Thm 3: CV of (1-e^(-2dz))/P^2, all distinct tokens"]["pass"] is False
+    assert by["ordering: Spearman(final c_n, P(l|n)) over distinct tokens"]["pass"] is False
+
+
+def test_snap_step_rule():
+    steps = list(range(0, 61, 2))
+    # one class moving at constant speed until step 20, then at 1% of that speed
+    x = np.array([min(t, 20) + 0.01 * max(t - 20, 0) for t in steps]) / 100
+    c = torch.tensor(np.stack([np.stack([1 - x, x], -1)], 1))  # [steps, K=1, M=2]
+    assert snap_step(steps, c) == 22  # first recorded step after the peak with speed < 10 % of peak
+
+
+def test_known_failure_regime_is_reported(tmp_path):
+    s = syn_small(T=32)
+    cfg = TrainConfig(model=scan_snap_config(s.M, n_ctx=32), task=SequenceClassTask(s).to_dict(), steps=20, batch=32,
+                      lr={"blocks.0.attn.W_Q": 1.0, "unembed.W_U": 1.0}, momentum=0.9, seed=2)
+    train(cfg, out=tmp_path, progress=False)
+    c = RunStore(tmp_path).read_config()
+    r = regime(c)
+    assert (r["optimizer"], r["momentum"], r["ratio"], r["init"]) == ("sgd", 0.9, 1.0, "zero")
+    notes = known_failures(r)
+    assert any("NOT to hold with momentum" in n for n in notes) and any("eta_Y >> eta_Z" in n for n in notes)
+    out = checks(trajectory(tmp_path), c)
+    assert all(r["regime"] == "sgd, momentum 0.9, eta_Y/eta_Z = 1, zero init" for r in out["rows"])
+    assert out["t0"] == pytest.approx(th.snap_time(s.M, s.K, 1.0 / (1 - 0.9)))

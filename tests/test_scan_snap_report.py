@@ -1,0 +1,62 @@
+"""sslens analyze on a Scan&Snap run, and the reproduction index: metrics.json + report.html offline."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from sslens.analyses.report import external_resources
+from sslens.cli import main
+from sslens.data import syn_small
+from sslens.models import scan_snap_config
+from sslens.tasks import SequenceClassTask
+from sslens.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ss") / "run"
+    s = syn_small(T=24)
+    cfg = TrainConfig(model=scan_snap_config(s.M, n_ctx=24), task=SequenceClassTask(s).to_dict(), steps=15, batch=32,
+                      lr={"blocks.0.attn.W_Q": 1.0, "unembed.W_U": 10.0}, momentum=0.9, seed=2)
+    train(cfg, out=d, progress=False)
+    return d
+
+
+def test_analyze_writes_metrics_and_offline_report(run_dir, capsys):
+    assert main(["analyze", str(run_dir)]) == 0
+    m = json.loads((run_dir / "metrics.json").read_text())
+    names = [r["check"] for r in m["checks"]]
+    assert any(n.startswith("Thm 2") for n in names) and any(n.startswith("Thm 3") for n in names)
+    assert any(n.startswith("ordering") for n in names) and any("snap" in n for n in names)
+    assert m["regime"]["ratio"] == 10.0 and m["known_failures"]
+    page = (run_dir / "report.html").read_text()
+    assert external_resources(page) == []
+    assert "CircuitsVis.render" in page and page.count("data:image/png;base64") >= 4
+    assert "Known failure regime" in page and "unpkg.com" not in page
+
+
+def test_external_resources_detects_cdn():
+    assert external_resources('<script src="https://x.org/a.js"></script>') == ["https://x.org/a.js"]
+    assert external_resources('<script type="module">import { render } from "https://unpkg.com/c/esm.js";</script>')
+
+
+def test_reproduce_fig3_index(tmp_path):
+    assert main(["reproduce", "scan-snap", "--fig", "3", "--out", str(tmp_path), "--quiet"]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "Fig. 3" in page and external_resources(page) == []
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium not installed")
+def test_report_renders_in_headless_chromium(run_dir, tmp_path):
+    main(["analyze", str(run_dir)])
+    out = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
+         f"file://{run_dir / 'report.html'}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0
+    # circuitsvis rendered into its div (React adds elements inside the container)
+    assert "circuits-vis-" in out.stdout and "<canvas" in out.stdout or "<svg" in out.stdout
