@@ -129,7 +129,7 @@ def analyze(run_dir: Path, out_dir: Path | None = None, view_steps: int = 4) -> 
     if rows:
         rep.figure(_fig_loss(rows), "Training loss")
     rec = Recording(store)
-    if "blocks.0.pattern" in rec.keys():
+    if rec.steps and "blocks.0.pattern" in rec.keys():
         idx = sorted(set(np.linspace(0, len(rec.steps) - 1, view_steps).round().astype(int).tolist()))
         steps = [rec.steps[i] for i in idx]
         pats = torch.stack([rec.at(s)["blocks.0.pattern"][0, 0] for s in steps])

@@ -13,7 +13,7 @@ own distinct tokens, normalised per class.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Float, Int
@@ -64,6 +64,10 @@ class SequenceClassSpec:
             require(total > 0, f"{f}.probs", "all probabilities are zero", "at least one value > 0")
             normed.append(SequenceClass(c.m, c.n, {t: float(p) / total for t, p in sorted(c.probs.items()) if p > 0}))
         object.__setattr__(self, "classes", tuple(normed))
+        P = torch.zeros(len(normed), self.M, dtype=torch.float64)
+        for k, c in enumerate(normed):
+            P[k, list(c.probs)] = torch.tensor(list(c.probs.values()), dtype=torch.float64)
+        object.__setattr__(self, "_P", P)  # cached: the sampler needs it every batch
 
     # ----- derived quantities -------------------------------------------------------------
     @property
@@ -72,11 +76,7 @@ class SequenceClassSpec:
 
     def P(self, dtype=torch.float64) -> Float[Tensor, "K M"]:
         """P(l | m, n) as a dense [K, M] matrix (rows sum to 1)."""
-        P = torch.zeros(self.K, self.M, dtype=dtype)
-        for k, c in enumerate(self.classes):
-            for t, p in c.probs.items():
-                P[k, t] = p
-        return P
+        return self._P.to(dtype)
 
     @property
     def queries(self) -> list[int]:
@@ -103,7 +103,7 @@ class SequenceClassSpec:
         return [[t for t in c.probs if cnt[t] > 1] for c in self.classes]
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {f: getattr(self, f) for f in ("M", "classes", "T", "name", "meta")}
         d["classes"] = [{"m": c.m, "n": c.n, "probs": {str(t): p for t, p in c.probs.items()}} for c in self.classes]
         return d
 

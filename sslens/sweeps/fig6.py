@@ -1,0 +1,131 @@
+"""The Scan&Snap Fig. 6 sweep (theory.md 1.4) and its recall curves (Figs. 11-12).
+
+Grid: num_last in {1,3,5,10} x eta_Z in {0.5,1,2,3} x eta_Y/eta_Z in {1,2,5,10} x seeds 1..10;
+Syn-Medium, random init, SGD momentum 0.9, batch 128, T 128, 100 steps. Metric: entropy (nats) of
+the final c_n on each class's distinct tokens, renormalised, averaged over classes; mean and sample
+std over seeds. Every run is a run store written by the exact count engine: config, checkpoints at
+0 and 100 (every parameter of the HookedTransformer), metrics, COMPLETE; no recordings (the probe
+forward at M = 240 would double the sweep's time) -- the analyses read Z from the checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from sslens.data.sequence_classes import syn_medium  # noqa: E402
+from sslens.models.scan_snap import scan_snap_config  # noqa: E402
+from sslens.store import RunStore, atomic_write_text  # noqa: E402
+from sslens.sweeps import run_sweep  # noqa: E402
+from sslens.tasks import SequenceClassTask  # noqa: E402
+from sslens.theory.composition import composition, distinct_entropy, recall  # noqa: E402
+from sslens.train import TrainConfig  # noqa: E402
+
+NUM_LAST = (1, 3, 5, 10)
+ETA_Z = (0.5, 1.0, 2.0, 3.0)
+RATIO = (1.0, 2.0, 5.0, 10.0)
+SEEDS = tuple(range(1, 11))
+
+
+def points(num_last=NUM_LAST, eta_Z=ETA_Z, ratio=RATIO, seeds=SEEDS, steps=100, batch=128, T=128):
+    """(name, TrainConfig) for every grid point."""
+    out = []
+    for nl in num_last:
+        spec = syn_medium(nl, T=T)
+        task = SequenceClassTask(spec).to_dict()
+        model = scan_snap_config(spec.M, n_ctx=T, init="random")
+        for ez in eta_Z:
+            for r in ratio:
+                for s in seeds:
+                    cfg = TrainConfig(model=model, task=task, steps=steps, batch=batch, optimizer="sgd",
+                                      lr={"blocks.0.attn.W_Q": ez, "unembed.W_U": ez * r}, momentum=0.9, seed=s,
+                                      record_n=0, checkpoint_every=steps)
+                    out.append((f"nl{nl}_ez{ez:g}_r{r:g}_s{s}", (nl, ez, r, s), cfg))
+    return out
+
+
+def final_c(run_dir: Path):
+    """Final c_n of a run (from its last checkpoint) and its spec."""
+    store = RunStore(run_dir)
+    tensors, _ = store.load_checkpoint()
+    from sslens.analyses.composition import spec_of
+
+    spec = spec_of(store)
+    Z = tensors["model.blocks.0.attn.W_Q"][0].double()
+    return composition(Z, spec.P(), spec.queries), spec
+
+
+def run_fig6(out_dir: str | Path, progress: bool = True, workers: int = 2, **grid) -> Path:
+    """Run (or resume) the grid into ``out_dir/runs``; write fig6.csv, fig6.png, recall.csv, recall.png."""
+    out_dir = Path(out_dir)
+    pts = points(**grid)
+    run_sweep([(n, c) for n, _, c in pts], out_dir / "runs", workers=workers, progress=progress)
+    thresholds = torch.tensor(np.geomspace(1e-3, 1e-1, 41))
+    ent, rec = {}, {}
+    for name, (nl, ez, r, s), _ in pts:
+        c, spec = final_c(out_dir / "runs" / name)
+        ent.setdefault((nl, ez, r), []).append(distinct_entropy(c, spec.distinct).mean().item())
+        rec.setdefault((nl, ez, r), []).append(recall(c, spec.distinct, thresholds).numpy())
+    rows = [{"num_last": nl, "eta_Z": ez, "ratio": r, "entropy_mean": float(np.mean(v)),
+             "entropy_std": float(np.std(v, ddof=1)) if len(v) > 1 else float("nan"), "n": len(v)}
+            for (nl, ez, r), v in sorted(ent.items())]
+    csv_path = out_dir / "fig6.csv"
+    _write_csv(csv_path, rows)
+    _write_csv(out_dir / "recall.csv", [{"num_last": nl, "eta_Z": ez, "ratio": r, "threshold": float(t), "recall": float(v)}
+                                         for (nl, ez, r), vs in sorted(rec.items())
+                                         for t, v in zip(thresholds.tolist(), np.mean(vs, 0))])
+    plot_fig6(rows).savefig(out_dir / "fig6.png", dpi=110, bbox_inches="tight")
+    plot_recall(rec, thresholds).savefig(out_dir / "recall.png", dpi=110, bbox_inches="tight")
+    plt.close("all")
+    return csv_path
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def plot_fig6(rows: list[dict]):
+    """One panel per num_last: entropy against eta_Y/eta_Z, a line per eta_Z, error bars = sample std."""
+    nls = sorted({r["num_last"] for r in rows})
+    fig, axes = plt.subplots(1, len(nls), figsize=(3.2 * len(nls), 3), sharey=True, squeeze=False)
+    for ax, nl in zip(axes[0], nls):
+        for ez in sorted({r["eta_Z"] for r in rows}):
+            sel = [r for r in rows if r["num_last"] == nl and r["eta_Z"] == ez]
+            ax.errorbar([r["ratio"] for r in sel], [r["entropy_mean"] for r in sel],
+                        yerr=[r["entropy_std"] for r in sel], marker="o", ms=3, capsize=2, label=f"eta_Z={ez:g}")
+        ax.set_xscale("log")
+        ax.set_xlabel("eta_Y / eta_Z")
+        ax.set_title(f"num_last = {nl}", fontsize=9)
+    axes[0][0].set_ylabel("distinct-token entropy (nats)")
+    axes[0][-1].legend(fontsize=7)
+    return fig
+
+
+def plot_recall(rec: dict, thresholds):
+    """Figs. 11-12: recall of distinct tokens against threshold (mean over seeds), per num_last."""
+    nls = sorted({k[0] for k in rec})
+    fig, axes = plt.subplots(1, len(nls), figsize=(3.2 * len(nls), 3), sharey=True, squeeze=False)
+    for ax, nl in zip(axes[0], nls):
+        for (n, ez, r), v in sorted(rec.items()):
+            if n == nl and r in (min(k[2] for k in rec), max(k[2] for k in rec)):
+                ax.plot(thresholds, np.mean(v, 0), ls="-" if r == min(k[2] for k in rec) else "--",
+                        label=f"eta_Z={ez:g}, ratio {r:g}")
+        ax.set_xscale("log")
+        ax.set_xlabel("threshold")
+        ax.set_title(f"num_last = {nl}", fontsize=9)
+    axes[0][0].set_ylabel("recall of distinct tokens")
+    axes[0][-1].legend(fontsize=6)
+    return fig

@@ -1,0 +1,104 @@
+"""The count engine equals the HookedTransformer Y/Z model: loss and gradients on the same sequences,
+100 SGD-momentum steps of whole runs, run stores that every analysis reads, exact sampling."""
+
+import pytest
+import torch
+
+from sslens.analyses.composition import trajectory
+from sslens.data import sample, syn_medium, syn_small
+from sslens.engine import counts_of, loss_from_counts, train_many
+from sslens.errors import SslensError
+from sslens.losses import last_token_ce
+from sslens.models import scan_snap, scan_snap_config
+from sslens.store import RunStore
+from sslens.tasks import SequenceClassTask
+from sslens.train import TrainConfig, train
+
+
+def test_loss_and_gradients_equal_hooked_transformer(gen):
+    s = syn_medium(3, T=40)
+    R = 3
+    Z = torch.randn(R, s.M, s.M, dtype=torch.float64, generator=gen)
+    Y = torch.randn(R, s.M, s.M, dtype=torch.float64, generator=gen)
+    seqs = [sample(s, 24, gen) for _ in range(R)]
+    counts = torch.stack([counts_of(t, s.M, torch.float64) for t, _, _ in seqs])
+    query = torch.stack([t[:, -1] for t, _, _ in seqs])
+    target = torch.stack([n for _, n, _ in seqs])
+    Zr, Yr = Z.clone().requires_grad_(), Y.clone().requires_grad_()
+    loss = loss_from_counts(Zr, Yr, counts, query, target)
+    loss.sum().backward()
+    for r in range(R):
+        model = scan_snap(s.M, n_ctx=40, dtype="float64", Z=Z[r], Y=Y[r])
+        ref = last_token_ce(model(seqs[r][0]), seqs[r][1])
+        ref.backward()
+        assert abs(ref.item() - loss[r].item()) < 1e-6
+        assert torch.allclose(model.blocks[0].attn.W_Q.grad[0], Zr.grad[r], atol=1e-6)
+        assert torch.allclose(model.unembed.W_U.grad, Yr.grad[r], atol=1e-6)
+
+
+def cfg(spec, seed, eta_Z, eta_Y, init="random", momentum=0.9, steps=100, dtype="float64"):
+    return TrainConfig(model=scan_snap_config(spec.M, n_ctx=spec.T, init=init, dtype=dtype),
+                       task=SequenceClassTask(spec).to_dict(), steps=steps, batch=16,
+                       lr={"blocks.0.attn.W_Q": eta_Z, "unembed.W_U": eta_Y}, momentum=momentum, seed=seed, record_n=0)
+
+
+def test_100_sgd_momentum_steps_equal_the_hooked_transformer_runs():
+    s = syn_small(T=16)
+    cfgs = [cfg(s, 1, 1.0, 3.0), cfg(s, 2, 2.0, 2.0, init="zero", momentum=0.0)]
+    res = train_many(cfgs, progress=False)
+    for c, r in zip(cfgs, res):
+        model, _ = train(c, progress=False)
+        assert torch.allclose(model.blocks[0].attn.W_Q[0], r["Z"], atol=1e-5)
+        assert torch.allclose(model.unembed.W_U, r["Y"], atol=1e-5)
+        assert r["diverged_at"] is None
+
+
+def test_engine_run_store_is_a_normal_run_store(tmp_path):
+    s = syn_small(T=24)
+    c = cfg(s, 3, 1.0, 2.0, dtype="float32", steps=30)
+    c.record_n = 6
+    (res,) = train_many([c], [tmp_path / "run"], progress=False, record="schedule")
+    store = RunStore(tmp_path / "run")
+    assert store.complete and store.checkpoint_steps() == [0, 30]
+    model = store.load_model()
+    assert torch.allclose(model.blocks[0].attn.W_Q[0], res["Z"]) and torch.allclose(model.unembed.W_U, res["Y"])
+    # the loss of the stored model on a fixed batch equals the engine's own loss on it
+    tokens, nxt, _ = sample(s, 32, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        a = last_token_ce(model(tokens), nxt).item()
+        b = loss_from_counts(res["Z"][None], res["Y"][None], counts_of(tokens, s.M)[None], tokens[None, :, -1], nxt[None]).item()
+    assert abs(a - b) < 1e-5
+    assert [r["step"] for r in store.read_metrics()] == list(range(1, 31))
+    traj = trajectory(tmp_path / "run")  # recordings by the real CircuitRecorder on the schedule
+    assert traj.steps == c.schedule()
+    assert torch.allclose(traj.z[-1], res["Z"].double(), atol=1e-6)
+
+
+def test_counts_equal_per_token_counts_and_statistics():
+    """The engine counts the very tokens the per-token sampler draws; their statistics are Multinomial(T-1, P)."""
+    s = syn_small()
+    g = torch.Generator().manual_seed(0)
+    tokens, nxt, klass = sample(s, 3000, g)
+    c = counts_of(tokens, s.M, torch.float64)
+    assert torch.equal(c, torch.stack([torch.bincount(t[:-1], minlength=s.M) for t in tokens]).double())
+    P = s.P()
+    for k in range(s.K):
+        ck = c[klass == k]
+        n = ck.shape[0]
+        mean, var = ck.mean(0), ck.var(0)
+        Em, Ev = 127 * P[k], 127 * P[k] * (1 - P[k])
+        # mean within 5 standard errors (false alarm per token ~6e-7)
+        assert torch.all((mean - Em).abs() <= 5 * (Ev / n).sqrt() + 1e-12)
+        # variance within 25 % where the token occurs (a chi-square band far wider than its spread at n ~ 1500)
+        sel = P[k] > 0
+        assert torch.all((var[sel] / Ev[sel] - 1).abs() < 0.25)
+
+
+def test_unsupported_configs_name_the_field():
+    s = syn_small(T=8)
+    bad = cfg(s, 1, 1.0, 1.0)
+    bad.optimizer = "adam"
+    with pytest.raises(SslensError, match=r"^configs\[0\]\.optimizer"):
+        train_many([bad], progress=False)
+    with pytest.raises(SslensError, match=r"^configs\[1\]\.steps"):
+        train_many([cfg(s, 1, 1.0, 1.0), cfg(s, 1, 1.0, 1.0, steps=5)], progress=False)
