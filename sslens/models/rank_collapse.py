@@ -1,0 +1,128 @@
+"""The condensation / rank-collapse model of Chen & Luo (theory.md 2.1) as a HookedTransformer.
+
+    f(X) = tanh( softmax(X W_Q W_K^T X^T / sqrt(d)) X W_V W1 ) W2        (output at the last position)
+
+Mapping: one layer, one head, d_head = d_model = d; W_Q, W_K, W_V trainable; W_O frozen identity (the
+theory has none); the MLP is W_in = W1 [d, d_ff] with tanh (variant ``tanh_mlp``); no residual, no
+LayerNorm, no biases (all frozen at 0), frozen embeddings.
+
+- ``head="scalar"`` (binary task, exponential loss): d_ff = d, W_out frozen identity, W_U = W2 [d, 1]
+  trainable: logits[..., 0] = f(X).
+- ``head="vocab"`` (anchor task, next-token CE): W_out [d_ff, d] trainable (the outer weights), W_U a
+  frozen random unembedding [d, d_vocab].
+
+Frozen W_E ~ N(0, 1/d) (token vectors of norm ~1). ``pos=True`` adds a frozen positional embedding
+~ N(0, 1/d) (the anchor task needs positions; the theory's f has none). Trainable weights start i.i.d.
+N(0, eps^2) with eps = d^(-gamma) when ``gamma`` is given.
+
+Kind "small_init_lm": the WikiText model of [CR] (2 layers, 1 head, GeLU MLP, residuals, no LayerNorm,
+init std d^(-gamma), gamma = 1.2), a standard HookedTransformer with ``normalization_type=None``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from sslens.errors import choice, require
+from sslens.hooks.variants import apply_variants
+from sslens.models import register
+from sslens.models.scan_snap import DTYPES
+
+HEADS = ("scalar", "vocab")
+
+
+def rank_collapse_config(d: int = 32, d_vocab: int = 201, head: str = "vocab", d_ff: int | None = None,
+                         n_ctx: int = 10, gamma: float | None = 0.85, eps: float | None = None, pos: bool = True,
+                         dtype: str = "float32") -> dict:
+    return {"kind": "rank_collapse", "d": d, "d_vocab": d_vocab, "head": head, "d_ff": d_ff, "n_ctx": n_ctx,
+            "gamma": gamma, "eps": eps, "pos": pos, "dtype": dtype}
+
+
+def init_std(d: int, gamma: float | None, eps: float | None) -> float:
+    """eps if given, else d^(-gamma)."""
+    require(eps is not None or gamma is not None, "eps", "neither eps nor gamma given", "eps > 0 or gamma > 0")
+    return float(eps) if eps is not None else float(d) ** (-float(gamma))
+
+
+def _quiet_model(cfg: HookedTransformerConfig) -> HookedTransformer:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return HookedTransformer(cfg)
+
+
+def rank_collapse(d: int = 32, d_vocab: int = 201, head: str = "vocab", d_ff: int | None = None, n_ctx: int = 10,
+                  gamma: float | None = 0.85, eps: float | None = None, pos: bool = True, dtype: str = "float32",
+                  generator: torch.Generator | None = None) -> HookedTransformer:
+    """Build the model (see the module docstring); ``model.sslens_config`` rebuilds it."""
+    choice(head, "head", HEADS)
+    choice(dtype, "dtype", tuple(DTYPES))
+    require(isinstance(d, int) and d >= 2, "d", f"got {d!r}", "an int >= 2")
+    d_ff = d_ff or (d if head == "scalar" else 2 * d)
+    require(head != "scalar" or d_ff == d, "d_ff", f"got {d_ff} with head='scalar'", "d_ff = d (W_out is the identity)")
+    std = init_std(d, gamma, eps)
+    tdtype = DTYPES[dtype]
+    cfg = HookedTransformerConfig(
+        n_layers=1, n_heads=1, d_model=d, d_head=d, d_mlp=d_ff, d_vocab=d_vocab,
+        d_vocab_out=1 if head == "scalar" else d_vocab, n_ctx=n_ctx, act_fn="relu", normalization_type=None,
+        positional_embedding_type="standard", default_prepend_bos=False, dtype=tdtype, device="cpu",
+        model_name="sslens-rank-collapse",
+    )
+    model = _quiet_model(cfg)
+    g = generator
+    trainable = ["blocks.0.attn.W_Q", "blocks.0.attn.W_K", "blocks.0.attn.W_V", "blocks.0.mlp.W_in"]
+    trainable += ["unembed.W_U"] if head == "scalar" else ["blocks.0.mlp.W_out"]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.zero_()
+            p.requires_grad_(name in trainable)
+        model.embed.W_E.normal_(0.0, d**-0.5, generator=g)
+        if pos:
+            model.pos_embed.W_pos.normal_(0.0, d**-0.5, generator=g)
+        a = model.blocks[0].attn
+        a.W_O[0].copy_(torch.eye(d, dtype=tdtype))
+        if head == "scalar":
+            model.blocks[0].mlp.W_out.copy_(torch.eye(d, dtype=tdtype))
+        else:
+            model.unembed.W_U.normal_(0.0, d**-0.5, generator=g)
+        for name, p in model.named_parameters():
+            if name in trainable:
+                p.normal_(0.0, std, generator=g)
+    apply_variants(model, ["no_residual", "tanh_mlp"])
+    model.sslens_config = rank_collapse_config(d, d_vocab, head, d_ff, n_ctx, gamma, eps, pos, dtype)
+    model.sslens_trainable = trainable
+    return model
+
+
+def small_init_lm_config(d_model: int = 64, d_ff: int = 800, n_layers: int = 2, d_vocab: int = 2000,
+                         n_ctx: int = 64, gamma: float = 1.2, dtype: str = "float32") -> dict:
+    return {"kind": "small_init_lm", "d_model": d_model, "d_ff": d_ff, "n_layers": n_layers, "d_vocab": d_vocab,
+            "n_ctx": n_ctx, "gamma": gamma, "dtype": dtype}
+
+
+def small_init_lm(d_model: int = 64, d_ff: int = 800, n_layers: int = 2, d_vocab: int = 2000, n_ctx: int = 64,
+                  gamma: float = 1.2, dtype: str = "float32", generator: torch.Generator | None = None) -> HookedTransformer:
+    """[CR] WikiText model: 1 head per layer, GeLU MLP, residuals, no LayerNorm, every weight ~ N(0, d^(-2 gamma))."""
+    choice(dtype, "dtype", tuple(DTYPES))
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers, n_heads=1, d_model=d_model, d_head=d_model, d_mlp=d_ff, d_vocab=d_vocab, n_ctx=n_ctx,
+        act_fn="gelu", normalization_type=None, positional_embedding_type="standard", dtype=DTYPES[dtype],
+        device="cpu", model_name="sslens-small-init-lm",
+    )
+    model = _quiet_model(cfg)
+    std = float(d_model) ** (-gamma)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.split(".")[-1].startswith("b_"):
+                p.zero_()
+            else:
+                p.normal_(0.0, std, generator=generator)
+    model.sslens_config = small_init_lm_config(d_model, d_ff, n_layers, d_vocab, n_ctx, gamma, dtype)
+    model.sslens_trainable = [n for n, _ in model.named_parameters()]
+    return model
+
+
+register("rank_collapse", lambda cfg, generator=None: rank_collapse(**{k: v for k, v in cfg.items() if k != "kind"}, generator=generator))
+register("small_init_lm", lambda cfg, generator=None: small_init_lm(**{k: v for k, v in cfg.items() if k != "kind"}, generator=generator))
