@@ -65,6 +65,13 @@ class Report:
         self.parts.append(f'<figure><img alt="{html.escape(caption or "figure")}" src="data:image/png;base64,{data}">{cap}</figure>')
         return self
 
+    def image(self, png: bytes, caption: str | None = None) -> "Report":
+        """Embed PNG bytes (e.g. a figure another step wrote to disk) as a base64 image."""
+        data = base64.b64encode(png).decode()
+        cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+        self.parts.append(f'<figure><img alt="{html.escape(caption or "image")}" src="data:image/png;base64,{data}">{cap}</figure>')
+        return self
+
     def table(self, rows: Sequence[dict[str, Any]], caption: str | None = None) -> "Report":
         """A table from dicts; a boolean column named ``pass`` is coloured."""
         if not rows:

@@ -1,8 +1,10 @@
 """``sslens analyze RUN`` for Scan&Snap runs: metrics.json + an offline report.html.
 
-Panels: c_n heatmaps over time (Fig. 4 style), entropy against step with t0 and the measured snap
-marked, z trajectories, chi(t) measured vs Thm 4, the measured-vs-predicted table with the regime and
-theory.md's known failures, and a circuitsvis view of the probe batch at chosen steps.
+Panels: the measured-vs-predicted table with the regime and theory.md's known failures, c_n heatmaps
+over time (Fig. 4 style), entropy against step with t0 and the measured snap marked, z trajectories,
+chi(t) measured vs Thm 4, recall against threshold (Figs. 11-12), long-sequence c_n against the
+empirical composition of the probe batch, the loss, and one circuitsvis view of the probe batch with a
+panel per chosen step.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sslens.analyses.composition import trajectory  # noqa: E402
+from sslens.analyses.composition import empirical_trajectory, total_variation, trajectory  # noqa: E402
 from sslens.analyses.report import Report, attention_steps_view  # noqa: E402
 from sslens.analyses.scan_snap_checks import checks  # noqa: E402
 from sslens.hooks.recorder import Recording  # noqa: E402
@@ -88,6 +90,38 @@ def _fig_chi(out):
     return fig
 
 
+def _fig_recall(traj, thresholds):
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    rec = traj.recall(torch.as_tensor(thresholds))
+    idx = sorted(set(np.linspace(0, len(traj.steps) - 1, 4).round().astype(int).tolist()))
+    for i in idx:
+        ax.plot(thresholds, rec[i].numpy(), label=f"step {traj.steps[i]}")
+    ax.axvline(1 / traj.spec.M, color="k", ls=":", lw=1, label="1/M")
+    ax.set_xscale("log")
+    ax.set_xlabel("threshold on c_{l|n}")
+    ax.set_ylabel("recall of distinct tokens")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _fig_empirical(traj, emp_steps, emp, k=0):
+    """Final-step c_n (long-sequence limit) against the probe batch's empirical composition, class k."""
+    spec = traj.spec
+    s = emp_steps[-1]
+    c = traj.c[traj.steps.index(s), k].numpy()
+    e = emp[-1, k].numpy()
+    toks = spec.common[k] + spec.distinct[k]
+    fig, ax = plt.subplots(figsize=(6.5, 3.0))
+    x = np.arange(len(toks))
+    ax.bar(x - 0.2, c[toks], 0.4, label="c_n (long-sequence limit, from Z)")
+    ax.bar(x + 0.2, e[toks], 0.4, label="probe batch (last query row)")
+    ax.set_xticks(x, toks, fontsize=6, rotation=90)
+    ax.set_xlabel("token id (common | distinct)")
+    ax.set_title(f"class {k}, step {s}", fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
+
+
 def _fig_loss(rows):
     fig, ax = plt.subplots(figsize=(5.5, 2.8))
     ax.semilogy([r["step"] for r in rows], [r["loss"] for r in rows])
@@ -96,20 +130,32 @@ def _fig_loss(rows):
     return fig
 
 
+THRESHOLDS = np.geomspace(1e-3, 0.5, 60)
+
+
 def analyze(run_dir: Path, out_dir: Path | None = None, view_steps: int = 4) -> dict:
     """Write metrics.json and report.html for a Scan&Snap run; return the metrics."""
     store = RunStore(run_dir)
     out_dir = Path(out_dir or run_dir)
     cfg = store.read_config()
     traj = trajectory(store)
+    rec = Recording(store)
     out = checks(traj, cfg)
     rows = store.read_metrics()
     metrics = {
         "regime": out["regime"], "known_failures": out["known_failures"], "checks": out["rows"],
-        "t0": out["t0"], "snap_step": out["snap_step"], "final_loss": rows[-1]["loss"] if rows else None,
+        "t0": out["t0"], "t0_flow": out["t0_flow"], "snap_step": out["snap_step"],
+        "snap_step_theory": out["snap_step_theory"], "final_loss": rows[-1]["loss"] if rows else None,
         "final_entropy": traj.entropy[-1].tolist(), "final_distinct_entropy": traj.distinct_entropy[-1].tolist(),
-        "steps": traj.steps,
+        "steps": traj.steps, "entropy": traj.entropy.tolist(), "distinct_entropy": traj.distinct_entropy.tolist(),
+        "final_c_n": traj.c[-1].tolist(),
+        "recall_thresholds": THRESHOLDS.tolist(), "final_recall": traj.recall(torch.as_tensor(THRESHOLDS))[-1].tolist(),
     }
+    emp = None
+    if "blocks.0.pattern" in rec.keys():
+        emp_steps, emp = empirical_trajectory(store)
+        tv = total_variation(emp[-1], traj.c[-1])
+        metrics["final_tv_probe_vs_c_n"] = tv.tolist()
     atomic_write_json(out_dir / "metrics.json", metrics)
 
     rep = Report(f"Scan&Snap analysis: {Path(run_dir).name}")
@@ -123,12 +169,17 @@ def analyze(run_dir: Path, out_dir: Path | None = None, view_steps: int = 4) -> 
         fig, ax = plt.subplots(figsize=(5.6, 0.3 * len(traj.steps) + 1.3))
         composition_heatmap(traj, k, ax=ax)
         rep.figure(fig, f"c_n of class {k} at every recorded step (long-sequence limit from the recorded Z)")
-    rep.figure(_fig_entropy(traj, out), "Entropy of c_n against step; dashed: predicted snap t0; dotted: measured snap")
+    rep.figure(_fig_entropy(traj, out), "Entropy of c_n against step; dashed: predicted snap t0 (in steps); dotted: measured snap")
     rep.figure(_fig_z(traj), "z_ml(t) for the query of class 0")
-    rep.figure(_fig_chi(out), "chi(t): measured against Thm 4 (effective rates for SGD with momentum)")
+    rep.figure(_fig_chi(out), "chi(t): measured against Thm 4 (steps mapped to gradient-flow time for SGD momentum)")
+    rep.figure(_fig_recall(traj, THRESHOLDS), "Recall (Figs. 11-12): fraction of distinct tokens with c_{l|n} above a threshold")
+    if emp is not None:
+        T = int(rec.at(traj.steps[0])["probe.tokens"].shape[1])
+        rep.figure(_fig_empirical(traj, emp_steps, emp),
+                   f"Long-sequence c_n against the recorded probe attention (T = {T}; the limit is exact as T -> inf). "
+                   f"TV distance per class: {', '.join(f'{v:.3f}' for v in metrics['final_tv_probe_vs_c_n'])}")
     if rows:
         rep.figure(_fig_loss(rows), "Training loss")
-    rec = Recording(store)
     if rec.steps and "blocks.0.pattern" in rec.keys():
         idx = sorted(set(np.linspace(0, len(rec.steps) - 1, view_steps).round().astype(int).tolist()))
         steps = [rec.steps[i] for i in idx]

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from sslens.analyses.composition import CompositionTrajectory, c_n, trajectory
-from sslens.analyses.scan_snap_checks import checks, known_failures, regime, snap_step
+from sslens.analyses.scan_snap_checks import (
+    checks,
+    known_failures,
+    ordering_spearman,
+    regime,
+    snap_from_speed,
+    snap_step,
+    thm3_general_error,
+)
 from sslens.data import syn_small
 from sslens.models import scan_snap_config
 from sslens.store import RunStore
@@ -50,6 +58,7 @@ def test_exact_theorem_trajectory_passes():
     assert by["Thm 2: fraction of distinct tokens whose z rose"]["measured"] == 1.0
     assert by["Thm 2: fraction of common tokens whose z fell"]["measured"] == 1.0
     assert by["Thm 3: CV of (1-e^(-2dz))/P^2, all distinct tokens"]["measured"] < 1e-9
+    assert by["Thm 3 (general form): rel. error of z predicted from the top token's z"]["measured"] < 1e-9
     assert by["ordering: Spearman(final c_n, P(l|n)) over distinct tokens"]["measured"] == pytest.approx(1.0)
     assert all(r["pass"] for r in out["rows"] if r["check"].startswith(("Thm 2", "Thm 3", "ordering")))
     assert out["known_failures"] == []
@@ -63,12 +72,38 @@ def test_broken_trajectory_fails():
     assert by["ordering: Spearman(final c_n, P(l|n)) over distinct tokens"]["pass"] is False
 
 
+def test_identity_ordered_attention_gives_spearman_one():
+    s = syn_small()
+    assert ordering_spearman(s.P(), s) == pytest.approx([1.0, 1.0])  # attention = P itself
+    rev = s.P().clone()
+    for k, d in enumerate(s.distinct):
+        rev[k, d] = rev[k, d].flip(0)
+    assert ordering_spearman(rev, s) == pytest.approx([-1.0, -1.0])
+
+
+def test_thm3_general_form_from_random_init():
+    s = syn_small()
+    g = torch.Generator().manual_seed(1)
+    z0 = 0.2 * torch.randn(s.K, s.M, generator=g, dtype=torch.float64)
+    P = s.P()
+    z1 = z0.clone()
+    for k, d in enumerate(s.distinct):
+        p = P[k, d].numpy()
+        ref = int(np.argmax(p))
+        z1[k, d] = torch.tensor(th.thm3_z_general(z0[k, d[ref]].item() + 0.6, z0[k, d[ref]].item(), p[ref], p, z0[k, d].numpy()))
+    assert max(thm3_general_error(z0, z1, s)) < 1e-9
+    z1[:, s.distinct[0][0]] += 0.3  # move one token off the prediction
+    assert thm3_general_error(z0, z1, s)[0] > 0.1
+
+
 def test_snap_step_rule():
     steps = list(range(0, 61, 2))
     # one class moving at constant speed until step 20, then at 1% of that speed
     x = np.array([min(t, 20) + 0.01 * max(t - 20, 0) for t in steps]) / 100
     c = torch.tensor(np.stack([np.stack([1 - x, x], -1)], 1))  # [steps, K=1, M=2]
     assert snap_step(steps, c) == 22  # first recorded step after the peak with speed < 10 % of peak
+    # speed rises to a peak over (2, 4], then halves each interval: 10 % is first crossed over (8, 10]
+    assert snap_from_speed([0, 2, 4, 6, 8, 10, 12], np.array([0.5, 1.0, 0.5, 0.25, 0.06, 0.03])) == 10
 
 
 def test_known_failure_regime_is_reported(tmp_path):
@@ -80,7 +115,10 @@ def test_known_failure_regime_is_reported(tmp_path):
     r = regime(c)
     assert (r["optimizer"], r["momentum"], r["ratio"], r["init"]) == ("sgd", 0.9, 1.0, "zero")
     notes = known_failures(r)
-    assert any("NOT to hold with momentum" in n for n in notes) and any("eta_Y >> eta_Z" in n for n in notes)
+    assert any("NOT to hold with SGD momentum" in n for n in notes) and any("eta_Y >> eta_Z" in n for n in notes)
     out = checks(trajectory(tmp_path), c)
     assert all(r["regime"] == "sgd, momentum 0.9, eta_Y/eta_Z = 1, zero init" for r in out["rows"])
-    assert out["t0"] == pytest.approx(th.snap_time(s.M, s.K, 1.0 / (1 - 0.9)))
+    # t0 in steps: where the heavy-ball flow time (1 + 1.9 + 2.71 + ...) reaches 2 K ln M / eta_Y
+    t0 = out["t0"]
+    assert 1 < t0 < 2 * s.K * np.log(s.M) and th.momentum_time(t0, 0.9) == pytest.approx(2 * s.K * np.log(s.M))
+    assert out["chi_predicted"][1] == pytest.approx(th.chi(1.0, s.M, s.K, 1.0, 1.0))  # step 1 = flow time 1

@@ -1,8 +1,8 @@
 """sslens analyze on a Scan&Snap run, and the reproduction index: metrics.json + report.html offline."""
 
 import json
-import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -48,15 +48,36 @@ def test_reproduce_fig3_index(tmp_path):
     assert "Fig. 3" in page and external_resources(page) == []
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium not installed")
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="headless Chromium not installed")
 def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     main(["analyze", str(run_dir)])
     out = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
          f"file://{run_dir / 'report.html'}"],
         capture_output=True, text=True, timeout=120,
     )
-    assert out.returncode == 0
-    # circuitsvis rendered into its div (React adds elements inside the container)
-    assert "circuits-vis-" in out.stdout and "<canvas" in out.stdout or "<svg" in out.stdout
+    assert out.returncode == 0, out.stderr[-2000:]
+    dom = out.stdout
+    # circuitsvis rendered: React filled the empty container with the attention view (head selector,
+    # one canvas per step panel named "step N"); the PNG figures are in the DOM
+    i = dom.index('id="circuits-vis-')
+    view = dom[i:i + 200000]
+    assert "Head Selector" in view and "<canvas" in view and ">step 0<" in view
+    assert dom.count("data:image/png;base64") >= 4
+
+
+def test_checkpoint_c_n_equals_recorded_c_n(run_dir):
+    """c_n from a checkpoint (safetensors -> HookedTransformer -> QK circuit) = c_n from the recording."""
+    import torch
+
+    from sslens.analyses.composition import c_n_at_checkpoint, trajectory
+    from sslens.store import RunStore
+
+    traj = trajectory(run_dir)
+    last = RunStore(run_dir).checkpoint_steps()[-1]
+    assert last in traj.steps
+    assert torch.allclose(c_n_at_checkpoint(run_dir, last), traj.c[traj.steps.index(last)], atol=1e-6)

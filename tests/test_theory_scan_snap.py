@@ -74,3 +74,39 @@ def test_thm3_prediction_from_one_token():
 
 def test_thm2_signs():
     np.testing.assert_array_equal(th.thm2_signs([True, False, True]), [1, -1, 1])
+
+
+def test_thm3_general_form_reduces_and_satisfies_its_relation():
+    rng = np.random.default_rng(0)
+    P = np.array([0.05, 0.1, 0.2, 0.4])
+    # zero init: identical to the zero-init form
+    np.testing.assert_allclose(th.thm3_z_general(0.7, 0.0, 0.4, P, np.zeros(4)), th.thm3_z_from_one(0.7, 0.4, P), rtol=1e-12)
+    # random init: f_l^2/f_ref^2 - 1 = (same at 0) e^{2 (z_l(t) - z_l(0))}, f_l proportional to P_l e^{z_l}
+    z0 = rng.normal(0, 0.3, 4)
+    zr0, zr1 = z0[-1], z0[-1] + 0.5
+    z1 = th.thm3_z_general(zr1, zr0, 0.4, P, z0)
+    assert z1[-1] == pytest.approx(zr1)  # the reference token predicts itself
+    lhs = (P / 0.4) ** 2 * np.exp(2 * (z1 - zr1)) - 1
+    rhs = ((P / 0.4) ** 2 * np.exp(2 * (z0 - zr0)) - 1) * np.exp(2 * (z1 - z0))
+    np.testing.assert_allclose(lhs, rhs, atol=1e-12)
+
+
+def test_momentum_time_known_values():
+    # beta = 0.5: step factors 1, 1.5, 1.75 -> tau = 1, 2.5, 4.25
+    np.testing.assert_allclose(th.momentum_time([0, 1, 2, 3], 0.5), [0, 1, 2.5, 4.25], rtol=1e-12)
+    np.testing.assert_array_equal(th.momentum_time([0, 7], 0.0), [0, 7])
+    # large k: tau ~ k / (1 - beta) - beta / (1 - beta)^2
+    assert th.momentum_time(1000, 0.9) == pytest.approx(1000 / 0.1 - 0.9 / 0.01, rel=1e-12)
+    assert th.steps_for_time(4.25, 0.5) == pytest.approx(3.0, abs=1e-9)
+    assert th.steps_for_time(3.0, 0.0) == 3.0
+
+
+def test_bad_input_is_one_line_error():
+    from sslens.errors import SslensError
+
+    for call, field in [(lambda: th.h(1.0, 1, 1.0), "M"), (lambda: th.h(-1.0, 34, 1.0), "s"),
+                        (lambda: th.gamma(1.0, 34, 0, 1.0), "K"), (lambda: th.snap_time(34, 2, 0.0), "eta_Y"),
+                        (lambda: th.momentum_time(3, 1.0), "momentum")]:
+        with pytest.raises(SslensError) as e:
+            call()
+        assert str(e.value).startswith(field + ":") and "\n" not in str(e.value)
