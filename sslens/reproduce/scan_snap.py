@@ -11,6 +11,7 @@ that regime exactly (docs/scan_snap.md lists the measured CV for 500, 1000 and 2
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import matplotlib
@@ -50,16 +51,42 @@ def _config(spec, steps, optimizer, eta_Y, eta_Z, momentum, record_extra=(), see
     )
 
 
+_ANALYZED: dict[Path, dict] = {}
+
+
 def _run(name: str, cfg: TrainConfig, out: Path, quiet: bool) -> Path:
-    """Train (or resume / reuse a finished run) and analyze."""
+    """Train (or resume / reuse a finished run with the same config) and analyze once per invocation."""
     from sslens.analyses.scan_snap_report import analyze
 
     d = out / name
     store = RunStore(d)
-    if not store.complete:
+    if store.complete:
+        saved = store.read_config().get("train", {})
+        want = json.loads(json.dumps(cfg.to_dict()))
+        diff = sorted(k for k in want if saved.get(k) != want[k])
+        if diff:
+            raise SslensError("out", f"{d} holds a finished run with other settings ({', '.join(diff)})",
+                              "a new --out directory, or the settings it was made with")
+    else:
         train(cfg, out=d, resume=store.exists(), progress=not quiet)
-    analyze(d)
+    if d not in _ANALYZED:
+        _ANALYZED[d] = analyze(d)
     return d
+
+
+def summary(rep, out: Path) -> None:
+    """One row per run analysed in this invocation: regime, loss, entropy, checks passed."""
+    rows = []
+    for d, m in _ANALYZED.items():
+        checks = [c for c in m["checks"] if c["pass"] is not None]
+        rows.append({
+            "run": d.name, "regime": m["checks"][0]["regime"] if m["checks"] else "",
+            "final loss": m["final_loss"], "distinct-token entropy (nats)": float(np.mean(m["final_distinct_entropy"])),
+            "t0 (steps)": m["t0"], "measured snap": m["snap_step"],
+            "checks passed": f"{sum(c['pass'] for c in checks)}/{len(checks)}",
+        })
+    rep.table(rows, "Every run of this reproduction (details and failures in each run's report)")
+    rep.links([(d.name, f"{d.relative_to(out)}/report.html") for d in _ANALYZED], "Per-run reports: ")
 
 
 def fig3(rep) -> None:
@@ -140,6 +167,7 @@ def thm3(rep, out: Path, steps: int, thm3_steps: int, quiet: bool) -> dict:
         inv = theory.thm3_invariant(dz, P)
         ax.plot(P, inv / inv[-1], "o-", label=f"{name} ({res[name]['regime_text']})")
     ax.axhline(1, color="k", lw=0.8, ls="--")
+    ax.axvline(1 / (spec.T - 1), color="0.5", lw=0.8, ls=":", label="P = 1/(T-1): once per sequence")
     ax.set_xlabel("P(l|n), distinct tokens of class 0")
     ax.set_ylabel("(1-e^(-2dz))/P^2, relative to top token")
     ax.legend(fontsize=6)
@@ -155,6 +183,7 @@ def run(a: argparse.Namespace) -> int:
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    _ANALYZED.clear()
     figs = {"demo": ["3", "4", "5", "thm3"], "all": ["3", "4", "5", "thm3", "6"]}.get(a.fig, [a.fig])
     rep = Report("Scan and Snap (Tian et al. 2023): reproduction")
     if "3" in figs:
@@ -185,6 +214,9 @@ def run(a: argparse.Namespace) -> int:
             rep.image(png.read_bytes(), "Fig. 6: distinct-token entropy of the final c_n (mean and std over seeds)")
         if (fig6_dir / "report.html").exists():
             rep.links([("Fig. 6 report", "fig6/report.html")])
+    if _ANALYZED:
+        rep.h2("Summary of the runs")
+        summary(rep, out)
     path = rep.save(out / "report.html")
     print(f"reproduction written to {path}")
     return 0
