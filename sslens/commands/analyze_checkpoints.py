@@ -1,0 +1,35 @@
+"""``sslens analyze-checkpoints PATH... --out DIR``: rank, attention and condensation metrics over checkpoint series."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("analyze-checkpoints", help="analyze ordered checkpoint series of any HookedTransformer")
+    p.add_argument("paths", nargs="+", help="sslens run dirs, dirs of model_<step>.pt, or pretrained:NAME")
+    p.add_argument("--out", required=True, help="output directory (metrics.json, report.html)")
+    p.add_argument("--config", default=None, help="HookedTransformerConfig JSON for directories of .pt state dicts")
+    p.add_argument("--checkpoint-indices", type=int, nargs="+", default=None, help="for pretrained:NAME")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(a: argparse.Namespace) -> int:
+    from sslens.analyses.checkpoints import analyze_series, report
+    from sslens.checkpoints import open_series
+    from sslens.store import RunStore
+    from sslens.tasks import build_task
+
+    results = []
+    for path in a.paths:
+        s = open_series(path, config=a.config, checkpoint_indices=a.checkpoint_indices)
+        if (Path(path) / "config.json").exists() and RunStore(path).exists() and "task" in RunStore(path).read_config():
+            s.task = build_task(RunStore(path).read_config()["task"])
+        results.append(analyze_series(s, progress=not a.quiet))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report(results, out)
+    print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
+    return 0
