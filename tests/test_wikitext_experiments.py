@@ -1,0 +1,43 @@
+"""sslens reproduce wikitext on the shipped WikiText slices (tiny): Fig. 10 numbers recomputed
+independently, Fig. 7 views and the [CR] Fig. 3 report offline."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sslens.analyses.report import external_resources
+from sslens.cli import main
+from sslens.data.text import TextTask
+from sslens.store import RunStore
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_reproduce_wikitext_tiny(tmp_path):
+    out = tmp_path / "wt"
+    assert main(["reproduce", "wikitext", "--out", str(out), "--data-dir", str(tmp_path / "nodata"), "--quiet"]) == 2
+    (tmp_path / "d").mkdir()
+    for name, src in (("valid.txt", "wikitext-2-valid-slice.txt"), ("test.txt", "wikitext-2-test-slice.txt")):
+        (tmp_path / "d" / name).write_bytes((DATA / src).read_bytes())
+    assert main(["reproduce", "wikitext", "--out", str(out), "--data-dir", str(tmp_path / "d"), "--steps", "6",
+                 "--etas", "1", "3", "--seeds", "2", "--cr-steps", "6", "--quiet"]) == 0
+    fig10 = json.loads((out / "fig10.json").read_text())
+    assert [r["eta"] for r in fig10["rows"]] == [1.0, 3.0]
+    # independent recomputation of one seed's validation attention entropy
+    files = {"train": str(tmp_path / "d" / "valid.txt"), "valid": str(tmp_path / "d" / "test.txt")}
+    vals = []
+    for s in (1, 2):
+        model = RunStore(out / f"fig10-eta3-s{s}").load_model()
+        x = TextTask(files, split="valid", vocab_split="train", seq_len=35, max_vocab=2000).data[:32]
+        _, cache = model.run_with_cache(x)
+        a = cache["pattern", 0]
+        vals.append((-(a * torch.log(a + 1e-8)).sum(-1)).mean().item())
+    assert fig10["rows"][1]["entropy_mean"] == pytest.approx(sum(vals) / 2, rel=1e-5)
+    assert fig10["pass"] == (fig10["rows"][0]["entropy_mean"] > fig10["rows"][1]["entropy_mean"])
+    page = (out / "report.html").read_text()
+    assert external_resources(page) == [] and page.count("CircuitsVis.render") == 4  # 1-layer + 3 layers
+    assert external_resources((out / "cr-fig3" / "report.html").read_text()) == []
+    m = json.loads((out / "cr-fig3" / "metrics.json").read_text())["series"][0]
+    assert "blocks.1.QK.effective_rank" in m["ranks"] and "blocks.1.mlp" in m["rel_change"]
