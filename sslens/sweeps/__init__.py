@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import itertools
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -70,7 +70,7 @@ def _run_group(args) -> int:
 
 
 def run_sweep(
-    points: list[tuple[str, TrainConfig]], out: str | Path, workers: int = 1, progress: bool = True, max_batch: int = 256
+    points: list[tuple[str, TrainConfig]], out: str | Path, workers: int = 1, progress: bool = True, max_batch: int = 80
 ) -> list[Path]:
     """Train every (name, config) into ``out/name`` unless that store is complete; returns the run dirs."""
     out = Path(out)
@@ -89,13 +89,16 @@ def run_sweep(
         for i in range(0, len(members), max_batch):
             chunk = members[i : i + max_batch]
             jobs.append(([c for _, c in chunk], [out / n for n, _ in chunk]))
+    # largest first (cost ~ runs x steps x M^2), so the workers finish together
+    jobs.sort(key=lambda j: -len(j[0]) * j[0][0].steps * j[0][0].model.get("M", 1) ** 2)
     bar = tqdm(total=len(todo), disable=not progress, desc="sweep", unit="run", dynamic_ncols=True)
     bar.update(0)
     if workers > 1 and len(jobs) > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(workers) as ex:
-            for done in ex.map(_run_group, [(c, o, threads) for c, o in jobs]):
-                bar.update(done)
+            futures = [ex.submit(_run_group, (c, o, threads)) for c, o in jobs]
+            for f in as_completed(futures):
+                bar.update(f.result())
     else:
         for c, o in jobs:
             bar.update(_run_group((c, o, 0)))
