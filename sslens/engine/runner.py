@@ -130,7 +130,10 @@ def write_store(out, cfg: TrainConfig, model, weights: dict, result: dict, task)
     from sslens.hooks.recorder import CircuitRecorder
 
     store = RunStore(out)
-    store.write_config({"train": cfg.to_dict(), "model": cfg.model, "task": cfg.task, "engine": "counts"})
+    config = {"train": cfg.to_dict(), "model": cfg.model, "task": cfg.task, "engine": "counts"}
+    if result["diverged_at"] is not None:
+        config["diverged_at"] = result["diverged_at"]  # no COMPLETE marker either
+    store.write_config(config)
     probe, probe_target = task.batch(cfg.probe_batch, torch.Generator().manual_seed(cfg.seed + 7_654_321))
     rec = CircuitRecorder(model, store=store, schedule=[], probe_tokens=probe, probe_target=probe_target)
     last = result["diverged_at"] - 1 if result["diverged_at"] else cfg.steps
@@ -150,9 +153,6 @@ def write_store(out, cfg: TrainConfig, model, weights: dict, result: dict, task)
     store.append_metrics({"step": i + 1, "loss": l} for i, l in enumerate(result["losses"][:last]))
     if result["diverged_at"] is None:
         store.mark_complete({"steps": cfg.steps, "engine": "counts"})
-    else:
-        raise_or_note = {"diverged_at": result["diverged_at"]}
-        store.write_config({"train": cfg.to_dict(), "model": cfg.model, "task": cfg.task, "engine": "counts", **raise_or_note})
 
 
 __all__ = ["train_many", "write_store"]
