@@ -102,3 +102,17 @@ def test_unsupported_configs_name_the_field():
         train_many([bad], progress=False)
     with pytest.raises(SslensError, match=r"^configs\[1\]\.steps"):
         train_many([cfg(s, 1, 1.0, 1.0), cfg(s, 1, 1.0, 1.0, steps=5)], progress=False)
+
+
+def test_diverged_run_is_frozen_and_reported(tmp_path):
+    s = syn_small(T=16)
+    good, bad = cfg(s, 1, 1.0, 1.0, steps=20, dtype="float32"), cfg(s, 1, 3e38, 3e38, steps=20, dtype="float32")
+    res = train_many([good, bad], [tmp_path / "good", tmp_path / "bad"], progress=False)
+    assert res[0]["diverged_at"] is None and res[1]["diverged_at"] is not None
+    assert torch.isfinite(res[0]["Z"]).all()  # the other run is untouched
+    bad_store = RunStore(tmp_path / "bad")
+    assert not bad_store.complete and bad_store.read_config()["diverged_at"] == res[1]["diverged_at"]
+    assert len(bad_store.read_metrics()) == res[1]["diverged_at"] - 1
+    # the healthy run equals a run trained alone
+    (alone,) = train_many([good], progress=False)
+    assert torch.allclose(alone["Z"], res[0]["Z"]) and RunStore(tmp_path / "good").complete
