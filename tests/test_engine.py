@@ -116,3 +116,24 @@ def test_diverged_run_is_frozen_and_reported(tmp_path):
     # the healthy run equals a run trained alone
     (alone,) = train_many([good], progress=False)
     assert torch.allclose(alone["Z"], res[0]["Z"]) and RunStore(tmp_path / "good").complete
+
+
+def test_support_form_equals_dense_counts(gen):
+    """The engine's support-restricted loss equals the dense count loss (and so the HookedTransformer)."""
+    from sslens.engine.counts import loss_from_support, support_counts, support_of
+
+    s = syn_medium(3, T=30)
+    R = 2
+    Z = torch.randn(R, s.M, s.M, dtype=torch.float64, generator=gen, requires_grad=True)
+    Y = torch.randn(R, s.M, s.M, dtype=torch.float64, generator=gen, requires_grad=True)
+    tokens, nxt, klass = sample(s, 20, gen)
+    sup_k, mask_k = support_of(s)
+    dense = loss_from_counts(Z, Y, counts_of(tokens, s.M, torch.float64).expand(R, -1, -1), tokens[:, -1].expand(R, -1), nxt.expand(R, -1))
+    sup = sup_k[klass]
+    cs = support_counts(tokens, sup, mask_k[klass], torch.float64)
+    assert torch.equal(cs.sum(1), torch.full((20,), 29.0, dtype=torch.float64))  # every contextual token counted once
+    sparse = loss_from_support(Z, Y, cs.expand(R, -1, -1), sup.expand(R, -1, -1), tokens[:, -1].expand(R, -1), nxt.expand(R, -1))
+    gd = torch.autograd.grad(dense.sum(), [Z, Y])
+    gs = torch.autograd.grad(sparse.sum(), [Z, Y])
+    assert torch.allclose(dense, sparse, atol=1e-12)
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(gd, gs))

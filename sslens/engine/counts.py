@@ -38,3 +38,41 @@ def loss_from_counts(
     f = b / b.norm(dim=-1, keepdim=True)
     logits = torch.bmm(f, Y)  # [R, B, M]: (Y^T f)^T
     return F.cross_entropy(logits.reshape(R * B, M), target.reshape(R * B), reduction="none").view(R, B).mean(1)
+
+
+def support_of(spec) -> tuple[Int[Tensor, "K S"], Float[Tensor, "K S"]]:
+    """Each class's contextual tokens (P(l|n) > 0), padded to the largest support; mask 1 = real entry."""
+    P = spec.P()
+    sup = [torch.nonzero(P[k] > 0).flatten() for k in range(spec.K)]
+    S = max(len(s) for s in sup)
+    idx = torch.stack([torch.cat([s, s[:1].expand(S - len(s))]) for s in sup])
+    mask = torch.stack([torch.arange(S) < len(s) for s in sup]).float()
+    return idx, mask
+
+
+def support_counts(tokens: Int[Tensor, "batch T"], sup: Int[Tensor, "batch S"], mask: Float[Tensor, "batch S"],
+                   dtype=torch.float32) -> Float[Tensor, "batch S"]:
+    """Counts of each support token among the contextual tokens (0 on padding)."""
+    ctx = tokens[:, :-1]
+    return (ctx[:, :, None] == sup[:, None, :]).sum(1).to(dtype) * mask.to(dtype)
+
+
+def loss_from_support(
+    Z: Float[Tensor, "R M M"],
+    Y: Float[Tensor, "R M M"],
+    counts: Float[Tensor, "R batch S"],
+    sup: Int[Tensor, "R batch S"],
+    query: Int[Tensor, "R batch"],
+    target: Int[Tensor, "R batch"],
+) -> Float[Tensor, "R"]:
+    """:func:`loss_from_counts` restricted to each sample's class support (S tokens instead of M): the same
+    numbers, since tokens outside the support have n_l = 0. Only the decoder product stays M-wide."""
+    R, B, S = counts.shape
+    M = Z.shape[-1]
+    flat = (query[..., None] * M + sup).reshape(R, B * S)
+    zs = torch.gather(Z.reshape(R, M * M), 1, flat).view(R, B, S)
+    b = torch.softmax(zs + torch.log(counts), dim=-1)
+    f = b / b.norm(dim=-1, keepdim=True)
+    f_dense = torch.zeros(R, B, M, dtype=f.dtype).scatter_add(2, sup, f)  # padding carries f = 0
+    logits = torch.bmm(f_dense, Y)
+    return F.cross_entropy(logits.reshape(R * B, M), target.reshape(R * B), reduction="none").view(R, B).mean(1)

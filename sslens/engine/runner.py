@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sslens.engine.counts import counts_of, loss_from_counts
+from sslens.engine.counts import loss_from_support, support_counts, support_of
 from sslens.errors import SslensError, require
 from sslens.models.scan_snap import DTYPES, init_Z_Y, scan_snap
 from sslens.store import RunStore
@@ -86,14 +86,21 @@ def train_many(
     want = set().union(*sched)
     losses = torch.empty(c0.steps, R, dtype=torch.float64)
 
+    sup_k, mask_k = support_of(spec)
+    klass_of = {(c.m, c.n): k for k, c in enumerate(spec.classes)}
     bar = tqdm(range(c0.steps), disable=not progress, desc=f"engine M={M} R={R}", unit="step", dynamic_ncols=True)
     for step in bar:
         batches = [task.batch(c0.batch, gens[k]) for k in keys]
-        counts = torch.stack([counts_of(t, M, dtype) for t, _ in batches])[stream]
+        sups, cnts = [], []
+        for t, n in batches:
+            kl = torch.tensor([klass_of[(int(m), int(nn))] for m, nn in zip(t[:, -1].tolist(), n.tolist())])
+            sups.append(sup_k[kl])
+            cnts.append(support_counts(t, sup_k[kl], mask_k[kl], dtype))
+        sup, counts = torch.stack(sups)[stream], torch.stack(cnts)[stream]
         query = torch.stack([t[:, -1] for t, _ in batches])[stream]
         target = torch.stack([n for _, n in batches])[stream]
         Zg, Yg = Z.requires_grad_(True), Y.requires_grad_(True)
-        loss = loss_from_counts(Zg, Yg, counts, query, target)
+        loss = loss_from_support(Zg, Yg, counts, sup, query, target)
         gZ, gY = torch.autograd.grad(loss.sum(), [Zg, Yg])
         Z, Y = Z.detach(), Y.detach()
         losses[step] = loss.detach().double()
