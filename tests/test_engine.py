@@ -53,6 +53,22 @@ def test_100_sgd_momentum_steps_equal_the_hooked_transformer_runs():
         assert r["diverged_at"] is None
 
 
+@pytest.mark.parametrize("optimizer,schedule,clip", [("adam", "constant", None), ("adamw", "warmup_cosine", 0.5),
+                                                     ("sgd", "warmup_cosine", 0.1)])
+def test_adam_adamw_schedules_and_clipping_equal_the_hooked_transformer_runs(optimizer, schedule, clip):
+    s = syn_small(T=16)
+    cfgs = [cfg(s, seed, 0.05 * seed, 0.1, steps=40) for seed in (1, 2)]
+    for c in cfgs:
+        c.optimizer, c.lr_schedule, c.grad_clip, c.warmup_steps = optimizer, schedule, clip, 5
+        c.weight_decay = 0.01
+        c.momentum = 0.9 if optimizer == "sgd" else 0.0
+    res = train_many(cfgs, progress=False)
+    for c, r in zip(cfgs, res):
+        model, _ = train(c, progress=False)
+        assert torch.allclose(model.blocks[0].attn.W_Q[0], r["Z"], atol=1e-6)
+        assert torch.allclose(model.unembed.W_U, r["Y"], atol=1e-6)
+
+
 def test_engine_run_store_is_a_normal_run_store(tmp_path):
     s = syn_small(T=24)
     c = cfg(s, 3, 1.0, 2.0, dtype="float32", steps=30)
@@ -97,9 +113,13 @@ def test_counts_equal_per_token_counts_and_statistics():
 def test_unsupported_configs_name_the_field():
     s = syn_small(T=8)
     bad = cfg(s, 1, 1.0, 1.0)
-    bad.optimizer = "adam"
-    with pytest.raises(SslensError, match=r"^configs\[0\]\.optimizer"):
+    bad.model = {**bad.model, "kind": "standard"}
+    with pytest.raises(SslensError, match=r"^configs\[0\]\.model\.kind"):
         train_many([bad], progress=False)
+    adam = cfg(s, 1, 1.0, 1.0)
+    adam.optimizer = "adam"
+    with pytest.raises(SslensError, match=r"^configs\[1\]\.optimizer"):
+        train_many([cfg(s, 1, 1.0, 1.0), adam], progress=False)
     with pytest.raises(SslensError, match=r"^configs\[1\]\.steps"):
         train_many([cfg(s, 1, 1.0, 1.0), cfg(s, 1, 1.0, 1.0, steps=5)], progress=False)
 

@@ -1,46 +1,67 @@
 """Train many Y/Z-model runs at once with the count engine; write the same run stores as ``sslens.train``.
 
 Exactness: each run draws its init and batches from ``torch.Generator(seed)`` exactly as
-``sslens.train.train`` does (init Z then Y, then ``task.batch`` each step), so an engine run sees the
-same sequences as the HookedTransformer run with the same config, and runs that share (seed, init)
-share one data stream (sampled once). Only the model math changes: counts instead of positions.
-Supported: SGD with momentum and weight decay, constant rates (the Scan&Snap setting); anything else
-raises naming the field.
+``sslens.train.train`` does (init Z then Y, then ``task.batch`` each step), so with ``sampler="tokens"``
+an engine run sees the very sequences of the HookedTransformer run with the same config; runs that
+share (seed, init) share one data stream (sampled once). ``sampler="counts"`` draws the counts directly
+(same distribution, a different stream; see ``sampler.py``). Optimizers: SGD (momentum, weight decay),
+Adam, AdamW, constant or warmup-cosine rates, gradient clipping -- as ``sslens.train`` applies them.
 """
 
 from __future__ import annotations
 
-import time
+import fnmatch
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from sslens.engine.counts import loss_from_support, support_counts, support_of
+from sslens.engine.grad import loss_and_grads
+from sslens.engine.optim import BatchedOptimizer, per_run
+from sslens.engine.sampler import CountBatch, Supports
 from sslens.errors import SslensError, require
-from sslens.models.scan_snap import DTYPES, init_Z_Y, scan_snap
+from sslens.models.scan_snap import DTYPES, TRAINABLE, init_Z_Y, scan_snap
 from sslens.store import RunStore
-from sslens.tasks import build_task
-from sslens.train import TrainConfig, training_state
+from sslens.tasks import SequenceClassTask, build_task
+from sslens.train import TrainConfig, lr_factor
 
-SAME = ("steps", "batch")
+SAMPLERS = ("tokens", "counts")
+CHECKPOINTS = ("ends", "end")
+W_Q, W_U = TRAINABLE  # "blocks.0.attn.W_Q" (Z), "unembed.W_U" (Y)
+
+
+def rate_of(lr: dict, name: str) -> float:
+    """The rate ``sslens.train.param_groups`` gives parameter ``name`` (exact name, else first pattern)."""
+    if name in lr:
+        return float(lr[name])
+    rate = next((v for k, v in lr.items() if fnmatch.fnmatchcase(name, k)), None)
+    if rate is None:
+        raise SslensError("lr", f"no rate for parameter {name}", "a pattern matching it, e.g. '*'")
+    return float(rate)
+
+
+def group_key(cfg: TrainConfig) -> tuple:
+    """Runs with equal keys can share one engine batch."""
+    m = cfg.model
+    return (repr(cfg.task), m.get("M"), m.get("n_ctx"), m.get("dtype", "float32"), cfg.steps, cfg.batch, cfg.optimizer)
+
+
+def engine_ok(cfg: TrainConfig) -> bool:
+    """Whether the count engine can train ``cfg`` (the Y/Z model on sequence classes)."""
+    return cfg.model.get("kind") == "scan_snap" and cfg.task.get("kind") == "sequence_classes"
 
 
 def _check(cfgs: list[TrainConfig]) -> None:
     require(len(cfgs) >= 1, "configs", "no runs", "one or more TrainConfig")
-    c0 = cfgs[0]
     for i, c in enumerate(cfgs):
         require(c.model.get("kind") == "scan_snap", f"configs[{i}].model.kind", f"got {c.model.get('kind')!r}", "scan_snap")
-        require(c.optimizer == "sgd", f"configs[{i}].optimizer", f"got {c.optimizer!r}", "sgd (the engine implements SGD with momentum)")
-        require(c.lr_schedule == "constant", f"configs[{i}].lr_schedule", f"got {c.lr_schedule!r}", "constant")
-        require(c.grad_clip is None, f"configs[{i}].grad_clip", f"got {c.grad_clip!r}", "None")
-        unknown = set(c.lr) - {"blocks.0.attn.W_Q", "unembed.W_U"}
-        require(not unknown, f"configs[{i}].lr", f"unsupported keys {sorted(unknown)}", "blocks.0.attn.W_Q, unembed.W_U")
-        for f in SAME:
-            require(getattr(c, f) == getattr(c0, f), f"configs[{i}].{f}", "differs within one engine batch", f"{getattr(c0, f)!r} like configs[0]")
-        require(c.task == c0.task, f"configs[{i}].task", "differs within one engine batch", "the same task (group runs by spec)")
-        for k in ("M", "n_ctx", "dtype"):
-            require(c.model.get(k) == c0.model.get(k), f"configs[{i}].model.{k}", "differs within one engine batch", repr(c0.model.get(k)))
+        require(c.task.get("kind") == "sequence_classes", f"configs[{i}].task.kind", f"got {c.task.get('kind')!r}", "sequence_classes")
+        for name in TRAINABLE:
+            rate_of(c.lr, name)
+        k0, k = group_key(cfgs[0]), group_key(c)
+        for field, a, b in zip(("task", "model.M", "model.n_ctx", "model.dtype", "steps", "batch", "optimizer"), k0, k):
+            require(a == b, f"configs[{i}].{field}", "differs within one engine batch", "the value of configs[0] (group runs by sslens.engine.group_key)")
 
 
 def train_many(
@@ -48,78 +69,86 @@ def train_many(
     outs: list[str | Path] | None = None,
     progress: bool = True,
     record: str = "ends",
+    sampler: str = "tokens",
+    checkpoints: str = "ends",
+    on_step: Callable[[int], None] | None = None,
 ) -> list[dict]:
     """Train every config with the count engine; returns per run ``{"Z", "Y", "losses", "diverged_at"}``.
 
     ``outs`` (one directory per run) writes run stores: config.json, checkpoints at 0 and the end
-    (model parameters in the HookedTransformer's names; no optimizer state), metrics.jsonl, COMPLETE, and
-    recordings made by the real CircuitRecorder at ``record`` = "ends" (0 and last) or "schedule"
-    (the config's schedule).
+    (``checkpoints="ends"``) or only the end (``"end"``), each with every HookedTransformer parameter
+    (no optimizer state), metrics.jsonl, COMPLETE, and -- when the config records (``record_n > 0``) --
+    recordings by the real CircuitRecorder at ``record`` = "ends" (0 and last) or "schedule".
+    ``on_step(n_runs)`` is called after every step (sweep progress).
     """
     _check(cfgs)
     require(record in ("ends", "schedule"), "record", f"got {record!r}", "ends, schedule")
+    require(sampler in SAMPLERS, "sampler", f"got {sampler!r}", ", ".join(SAMPLERS))
+    require(checkpoints in CHECKPOINTS, "checkpoints", f"got {checkpoints!r}", ", ".join(CHECKPOINTS))
     c0 = cfgs[0]
     task = build_task(c0.task)
-    spec = task.spec
+    assert isinstance(task, SequenceClassTask)
+    spec, supports = task.spec, Supports(task.spec)
     M, dtype = c0.model["M"], DTYPES[c0.model.get("dtype", "float32")]
-    R = len(cfgs)
+    require(M == spec.M, "configs[0].model.M", f"{M} but the task has {spec.M} tokens", str(spec.M))
+    R, steps = len(cfgs), c0.steps
 
     # one data stream per (seed, init), drawn exactly as sslens.train.train draws it
-    keys = sorted({(c.seed, c.model.get("init", "zero")) for c in cfgs})
-    gens, Z0, Y0 = {}, {}, {}
-    for key in keys:
-        g = torch.Generator().manual_seed(key[0])
-        Z0[key], Y0[key] = init_Z_Y(M, key[1], g, dtype)
-        gens[key] = g
-    stream = torch.tensor([keys.index((c.seed, c.model.get("init", "zero"))) for c in cfgs])
-    Z = torch.stack([Z0[(c.seed, c.model.get("init", "zero"))] for c in cfgs]).clone()
-    Y = torch.stack([Y0[(c.seed, c.model.get("init", "zero"))] for c in cfgs]).clone()
-    eta_Z = torch.tensor([c.lr["blocks.0.attn.W_Q"] for c in cfgs], dtype=dtype)[:, None, None]
-    eta_Y = torch.tensor([c.lr["unembed.W_U"] for c in cfgs], dtype=dtype)[:, None, None]
-    mom = torch.tensor([c.momentum for c in cfgs], dtype=dtype)[:, None, None]
-    wd = torch.tensor([c.weight_decay for c in cfgs], dtype=dtype)[:, None, None]
-    buf_Z, buf_Y = torch.zeros_like(Z), torch.zeros_like(Y)
-    alive = torch.ones(R, dtype=torch.bool)
-    diverged_at = [None] * R
-    snaps = {0: (Z.clone(), Y.clone())}
-    sched = [set(c.schedule()) if record == "schedule" else {0, c.steps} for c in cfgs]
-    want = set().union(*sched)
-    losses = torch.empty(c0.steps, R, dtype=torch.float64)
+    def key(c):
+        return (c.seed, c.model.get("init", "zero"))
 
-    sup_k, mask_k = support_of(spec)
-    klass_of = {(c.m, c.n): k for k, c in enumerate(spec.classes)}
-    bar = tqdm(range(c0.steps), disable=not progress, desc=f"engine M={M} R={R}", unit="step", dynamic_ncols=True)
+    keys = sorted({key(c) for c in cfgs})
+    gens, inits = {}, {}
+    for k in keys:
+        g = torch.Generator().manual_seed(k[0])
+        inits[k] = init_Z_Y(M, k[1], g, dtype)
+        gens[k] = g
+    stream = torch.tensor([keys.index(key(c)) for c in cfgs])
+    Z = torch.stack([inits[key(c)][0] for c in cfgs])
+    Y = torch.stack([inits[key(c)][1] for c in cfgs])
+    opt = BatchedOptimizer(
+        c0.optimizer, [Z, Y], [per_run([rate_of(c.lr, n) for c in cfgs], dtype) for n in TRAINABLE],
+        per_run([c.momentum for c in cfgs], dtype), per_run([c.weight_decay for c in cfgs], dtype),
+        (per_run([c.betas[0] for c in cfgs], dtype), per_run([c.betas[1] for c in cfgs], dtype)),
+    )
+    scheduled = any(c.lr_schedule != "constant" for c in cfgs)
+    clip = torch.tensor([c.grad_clip if c.grad_clip is not None else float("inf") for c in cfgs], dtype=dtype)
+    clipped = bool(torch.isfinite(clip).any())
+    alive = torch.ones(R, dtype=torch.bool)
+    diverged_at: list[int | None] = [None] * R
+    sched = [set(c.schedule()) | {0, steps} if record == "schedule" else {0, steps} for c in cfgs]
+    want = set().union(*sched)
+    snaps = {0: (Z.clone(), Y.clone())}
+    losses = torch.empty(steps, R, dtype=torch.float64)
+
+    def draw(k) -> CountBatch:
+        if sampler == "counts":
+            return supports.sample_counts(c0.batch, gens[k], dtype)
+        tokens, target = task.batch(c0.batch, gens[k])
+        return supports.from_tokens(tokens, target, dtype)
+
+    bar = tqdm(range(steps), disable=not progress, desc=f"engine M={M} R={R}", unit="step", dynamic_ncols=True)
     for step in bar:
-        batches = [task.batch(c0.batch, gens[k]) for k in keys]
-        sups, cnts = [], []
-        for t, n in batches:
-            kl = torch.tensor([klass_of[(int(m), int(nn))] for m, nn in zip(t[:, -1].tolist(), n.tolist())])
-            sups.append(sup_k[kl])
-            cnts.append(support_counts(t, sup_k[kl], mask_k[kl], dtype))
-        sup, counts = torch.stack(sups)[stream], torch.stack(cnts)[stream]
-        query = torch.stack([t[:, -1] for t, _ in batches])[stream]
-        target = torch.stack([n for _, n in batches])[stream]
-        Zg, Yg = Z.requires_grad_(True), Y.requires_grad_(True)
-        loss = loss_from_support(Zg, Yg, counts, sup, query, target)
-        gZ, gY = torch.autograd.grad(loss.sum(), [Zg, Yg])
-        Z, Y = Z.detach(), Y.detach()
-        losses[step] = loss.detach().double()
-        bad = ~torch.isfinite(loss.detach()) & alive
+        batch = CountBatch.stack([draw(k) for k in keys]).index(stream)
+        loss, gZ, gY = loss_and_grads(Z, Y, batch)
+        losses[step] = loss.double()
+        bad = ~torch.isfinite(loss) & alive
         for r in torch.nonzero(bad).flatten().tolist():
-            diverged_at[r] = step + 1
+            diverged_at[r] = step + 1  # as sslens.train: the step whose loss is non-finite; no update
         alive &= ~bad
-        a = alive.to(dtype)[:, None, None]
-        with torch.no_grad():
-            gZ = torch.nan_to_num(gZ + wd * Z)
-            gY = torch.nan_to_num(gY + wd * Y)
-            buf_Z = torch.where(a > 0, mom * buf_Z + gZ, buf_Z)
-            buf_Y = torch.where(a > 0, mom * buf_Y + gY, buf_Y)
-            Z = Z - a * eta_Z * buf_Z
-            Y = Y - a * eta_Y * buf_Y
+        gZ, gY = torch.nan_to_num(gZ), torch.nan_to_num(gY)
+        if clipped:  # torch.nn.utils.clip_grad_norm_ over both parameters
+            total = torch.sqrt(gZ.square().sum((1, 2)) + gY.square().sum((1, 2)))
+            coef = torch.where(torch.isfinite(clip), (clip / (total + 1e-6)).clamp(max=1.0), torch.ones_like(clip))
+            gZ, gY = gZ * coef.view(-1, 1, 1), gY * coef.view(-1, 1, 1)
+        factor = per_run([lr_factor(c, step) for c in cfgs], dtype) if scheduled else 1.0
+        Z, Y = opt.step([Z, Y], [gZ, gY], alive, factor)
         if step + 1 in want:
             snaps[step + 1] = (Z.clone(), Y.clone())
+        if on_step is not None:
+            on_step(R)
         if progress and step % 10 == 0:
-            bar.set_postfix(loss=f"{loss.detach().mean().item():.3g}", alive=int(alive.sum()))
+            bar.set_postfix(loss=f"{loss[alive].mean().item() if alive.any() else float('nan'):.3g}", alive=int(alive.sum()))
     bar.close()
 
     results = [{"Z": Z[r], "Y": Y[r], "losses": losses[:, r].tolist(), "diverged_at": diverged_at[r]} for r in range(R)]
@@ -127,39 +156,53 @@ def train_many(
         require(len(outs) == R, "outs", f"{len(outs)} directories for {R} runs", "one per config")
         template = scan_snap(M, n_ctx=c0.model.get("n_ctx", spec.T), dtype=c0.model.get("dtype", "float32"))
         for r, (cfg, out) in enumerate(zip(cfgs, outs)):
-            steps = sorted(s for s in sched[r] if s in snaps)
-            write_store(out, cfg, template, {s: (snaps[s][0][r], snaps[s][1][r]) for s in steps}, results[r], task)
+            weights = {s: (snaps[s][0][r], snaps[s][1][r]) for s in sorted(sched[r]) if s in snaps}
+            write_store(out, cfg, template, weights, results[r], task, sampler, checkpoints)
     return results
 
 
-def write_store(out, cfg: TrainConfig, model, weights: dict, result: dict, task) -> None:
-    """A run store like sslens.train writes: config, checkpoints (0, end), recordings, metrics, COMPLETE."""
-    from sslens.hooks.recorder import CircuitRecorder
+def write_store(out, cfg: TrainConfig, model, weights: dict, result: dict, task, sampler: str = "tokens",
+                checkpoints: str = "ends") -> None:
+    """A run store as sslens.train writes it: config, checkpoints, recordings, metrics, COMPLETE.
 
+    A run whose loss became non-finite at step t keeps config.json (with ``"diverged_at": t``), the
+    checkpoints and metrics up to t - 1, and no COMPLETE (``sslens train`` would have raised at t).
+    """
     store = RunStore(out)
-    config = {"train": cfg.to_dict(), "model": cfg.model, "task": cfg.task, "engine": "counts"}
-    if result["diverged_at"] is not None:
-        config["diverged_at"] = result["diverged_at"]  # no COMPLETE marker either
-    store.write_config(config)
-    probe, probe_target = task.batch(cfg.probe_batch, torch.Generator().manual_seed(cfg.seed + 7_654_321))
-    rec = CircuitRecorder(model, store=store, schedule=[], probe_tokens=probe, probe_target=probe_target)
     last = result["diverged_at"] - 1 if result["diverged_at"] else cfg.steps
-    dummy = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    config = {"train": cfg.to_dict(), "model": cfg.model, "task": cfg.task, "engine": "counts", "sampler": sampler}
+    if result["diverged_at"]:
+        config["diverged_at"] = result["diverged_at"]
+    store.write_config(config)
+    frozen = {f"model.{n}": p.detach() for n, p in model.named_parameters() if n not in TRAINABLE}
+    keep = {0, last} if checkpoints == "ends" else {last}
+    rec = None
+    if cfg.record_n > 0:
+        from sslens.hooks.recorder import CircuitRecorder
+
+        probe, probe_target = task.batch(cfg.probe_batch, torch.Generator().manual_seed(cfg.seed + 7_654_321))
+        rec = CircuitRecorder(model, store=store, schedule=[], probe_tokens=probe, probe_target=probe_target)
     for step, (Z, Y) in weights.items():
         if step > last:
             continue
-        with torch.no_grad():
-            model.blocks[0].attn.W_Q[0].copy_(Z)
-            model.unembed.W_U.copy_(Y)
-        if cfg.record_n > 0:
+        if rec is not None:
+            with torch.no_grad():
+                model.blocks[0].attn.W_Q[0].copy_(Z)
+                model.unembed.W_U.copy_(Y)
             rec.record(step)
-        if step in (0, last) or step == cfg.steps:
-            tensors, meta = training_state(model, dummy, torch.Generator().manual_seed(cfg.seed))
-            tensors = {k: v for k, v in tensors.items() if k.startswith("model.")}
+        if step in keep:
+            tensors = {**frozen, f"model.{W_Q}": Z[None].contiguous(), f"model.{W_U}": Y.contiguous()}
             store.save_checkpoint(step, tensors, {"engine": "counts"})
-    store.append_metrics({"step": i + 1, "loss": l} for i, l in enumerate(result["losses"][:last]))
+    if last in keep and last not in weights:  # a diverged run's last finite weights are not a snapshot
+        pass
+    store.append_metrics({"step": i + 1, "loss": v} for i, v in enumerate(result["losses"][:last]))
     if result["diverged_at"] is None:
-        store.mark_complete({"steps": cfg.steps, "engine": "counts"})
+        store.mark_complete({"steps": cfg.steps, "engine": "counts", "sampler": sampler})
 
 
-__all__ = ["train_many", "write_store"]
+def finished(store: RunStore) -> bool:
+    """Complete, or diverged (a deterministic outcome: re-running gives the same divergence)."""
+    return store.complete or (store.exists() and "diverged_at" in store.read_config())
+
+
+__all__ = ["train_many", "write_store", "engine_ok", "group_key", "finished", "rate_of", "SAMPLERS"]
