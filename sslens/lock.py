@@ -1,0 +1,81 @@
+"""One writer per run directory: an OS-level lock (``fcntl.flock``) on ``RUN/.lock``.
+
+The kernel drops a ``flock`` when its holder dies (SIGKILL included), so a lock left by a killed
+process never blocks; the file keeps ``host pid`` of the last holder so that a refused writer can
+name who holds it. ``wait=True`` blocks until the holder is gone (a retried distributed task).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sslens.errors import SslensError
+
+LOCK_NAME = ".lock"
+
+
+def holder(run_dir: str | os.PathLike) -> str:
+    """``host pid`` written by the last process that took the lock (``unknown`` if unreadable)."""
+    try:
+        return (Path(run_dir) / LOCK_NAME).read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+class RunLock:
+    """Hold the lock of ``run_dir`` until :meth:`release` (or use :func:`run_lock`)."""
+
+    def __init__(self, run_dir: str | os.PathLike, wait: bool = False, timeout: float | None = None):
+        self.path = Path(run_dir)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise SslensError("out", f"cannot create run directory {self.path} ({e.strerror})",
+                              "a writable directory path") from None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not wait or (deadline is not None and time.monotonic() > deadline):
+                    os.close(self._fd)
+                    raise SslensError(
+                        "out", f"{self.path} is being written by another process ({holder(self.path)})",
+                        "wait for it to finish, or choose another directory",
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"host={socket.gethostname()} pid={os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self):
+        try:
+            self.release()
+        except Exception:
+            pass
+
+
+@contextmanager
+def run_lock(run_dir: str | os.PathLike, wait: bool = False, timeout: float | None = None) -> Iterator[RunLock]:
+    """``with run_lock(out): ...`` -- the only writer of ``out`` for the block's duration."""
+    lock = RunLock(run_dir, wait=wait, timeout=timeout)
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+__all__ = ["RunLock", "run_lock", "holder", "LOCK_NAME"]
