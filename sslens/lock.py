@@ -3,6 +3,8 @@
 The kernel drops a ``flock`` when its holder dies (SIGKILL included), so a lock left by a killed
 process never blocks; the file keeps ``host pid`` of the last holder so that a refused writer can
 name who holds it. ``wait=True`` blocks until the holder is gone (a retried distributed task).
+Within one process the lock is re-entrant: ``train`` holds it and the recorder it attaches takes it
+again without blocking itself (a count per directory; the file lock goes with the last release).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Iterator
 from sslens.errors import SslensError
 
 LOCK_NAME = ".lock"
+_HELD: dict[Path, list] = {}  # resolved run dir -> [fd, count] held by this process
 
 
 def holder(run_dir: str | os.PathLike) -> str:
@@ -33,6 +36,12 @@ class RunLock:
 
     def __init__(self, run_dir: str | os.PathLike, wait: bool = False, timeout: float | None = None):
         self.path = Path(run_dir)
+        self._fd = None
+        key = self.path.resolve()
+        if key in _HELD:
+            _HELD[key][1] += 1
+            self._key = key
+            return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -54,12 +63,19 @@ class RunLock:
                 time.sleep(0.1)
         os.ftruncate(self._fd, 0)
         os.write(self._fd, f"host={socket.gethostname()} pid={os.getpid()}\n".encode())
+        self._key = key
+        _HELD[key] = [self._fd, 1]
 
     def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        key, self._key = getattr(self, "_key", None), None
+        if key is None or key not in _HELD:
+            return
+        held = _HELD[key]
+        held[1] -= 1
+        if held[1] == 0:
+            del _HELD[key]
+            fcntl.flock(held[0], fcntl.LOCK_UN)
+            os.close(held[0])
 
     def __del__(self):
         try:

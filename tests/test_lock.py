@@ -47,9 +47,12 @@ def test_wait_takes_the_lock_once_the_holder_is_gone(tmp_path):
     p.wait()
 
 
-def test_lock_in_one_process_is_exclusive_and_released(tmp_path):
+def test_lock_is_reentrant_in_one_process_and_released_by_the_last_holder(tmp_path):
     with run_lock(tmp_path / "run"):
-        with pytest.raises(SslensError, match="^out: "):
-            RunLock(tmp_path / "run")
-    with run_lock(tmp_path / "run"):
-        pass
+        with run_lock(tmp_path / "run"):  # e.g. train holds it and its recorder takes it again
+            pass
+        p = subprocess.run([sys.executable, "-c", HOLD, str(tmp_path / "run")], capture_output=True, text=True)
+        assert p.returncode == 1 and "is being written by another process" in p.stderr  # still held
+    p = _holder(tmp_path / "run")  # released: another process gets it
+    p.kill()
+    p.wait()
