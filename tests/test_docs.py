@@ -77,9 +77,15 @@ def test_some_code_cites_theory():
     assert n >= 20, n
 
 
+# Modules another branch of issue 9 is adding at the time of writing: their references are checked as soon
+# as the file exists in the tree (after the merge), and skipped only while it does not.
+LANDING = {"sslens.analyses.head_metrics": "analyses/head_metrics.py", "sslens.analyses.series": "analyses/series.py"}
+
+
 def test_code_references_exist():
     """Every `sslens.module:function` the page names is importable (no doc rot when code is renamed)."""
     refs = sorted(set(CODE_REF.findall(THEORY.read_text())))
+    refs = [(m, n) for m, n in refs if m not in LANDING or (ROOT / LANDING[m]).exists()]
     assert len(refs) >= 40, len(refs)
     bad = []
     for mod, name in refs:
@@ -89,3 +95,34 @@ def test_code_references_exist():
         except ImportError as e:
             bad.append(f"{mod}:{name} ({e})")
     assert not bad, f"docs/theory.md names code that does not exist: {bad}"
+
+
+def test_statements_derived_on_the_page():
+    """The page's own derivations, each against an independent computation (§1.3, §3.2, §3.5)."""
+    import math
+
+    import numpy as np
+    import torch
+
+    from sslens.analyses.rank import distance_to_rank1, stable_rank, top1_energy
+    from sslens.theory.scan_snap import momentum_time
+
+    g = torch.Generator().manual_seed(0)
+    # §3.2: distance to rank one = sqrt(2 (1 - s_1/||A||_F)); top-1 energy = 1 / stable rank
+    A = torch.randn(6, 5, 9, generator=g, dtype=torch.float64)
+    s, norm_F = torch.linalg.svdvals(A), torch.linalg.matrix_norm(A)
+    assert torch.allclose(distance_to_rank1(A), torch.sqrt(2 * (1 - s[:, 0] / norm_F)), atol=1e-12)
+    assert torch.allclose(top1_energy(A) * stable_rank(A), torch.ones(6, dtype=torch.float64), atol=1e-12)
+    # (1.3.8): closed form of the momentum time = the sum of heavy-ball step factors
+    for beta in (0.5, 0.9):
+        k = np.arange(0, 40)
+        direct = [sum((1 - beta**j) / (1 - beta) for j in range(1, n + 1)) for n in k]
+        assert np.allclose(momentum_time(k, beta), direct, rtol=1e-12, atol=1e-12)
+    # §3.5: unrelated (independently, isotropically oriented) heads score about 1/sqrt(d_model); the score
+    # ||OV_1 QK_2||_F / (||OV_1||_F ||QK_2||_F) of (3.5.1), from dense rank-d_head circuits
+    d, dh, n = 64, 8, 400
+    r = lambda: torch.randn(n, d, dh, generator=g, dtype=torch.float64) @ torch.randn(n, dh, d, generator=g, dtype=torch.float64)  # noqa: E731
+    ov, qk = r(), r()
+    fro = lambda M: torch.linalg.matrix_norm(M)  # noqa: E731
+    sc = fro(ov @ qk) / (fro(ov) * fro(qk))
+    assert abs(sc.pow(2).mean().sqrt().item() * math.sqrt(d) - 1) < 0.1
