@@ -69,7 +69,7 @@ def c_n_at_checkpoint(run: str | RunStore, step: int | None = None) -> Float[Ten
 def empirical_composition(
     pattern: Float[Tensor, "probe q k"] | Float[Tensor, "probe head q k"],
     tokens: Int[Tensor, "probe pos"],
-    target: Int[Tensor, "probe"],
+    target: Int[Tensor, " probe"],
     spec: SequenceClassSpec,
     head: int = 0,
 ) -> Float[Tensor, "K M"]:
@@ -113,7 +113,7 @@ class CompositionTrajectory:
         """Fig. 6 metric: entropy of c_n on the class's distinct tokens, renormalised."""
         return distinct_entropy(self.c, self.spec.distinct)
 
-    def recall(self, thresholds: Float[Tensor, "n_thr"]) -> Float[Tensor, "steps n_thr"]:
+    def recall(self, thresholds: Float[Tensor, " n_thr"]) -> Float[Tensor, "steps n_thr"]:
         """Figs. 11-12: fraction of all distinct tokens with c above each threshold, per step."""
         return recall(self.c, self.spec.distinct, thresholds)
 
