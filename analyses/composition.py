@@ -15,6 +15,7 @@ are the shared ones in :mod:`sslens.theory.composition`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
@@ -28,11 +29,11 @@ from sslens.store import RunStore
 from sslens.theory.composition import composition, distinct_entropy, entropy, recall
 
 
-def _store(run: str | RunStore) -> RunStore:
+def _store(run: str | Path | RunStore) -> RunStore:
     return run if isinstance(run, RunStore) else RunStore(run)
 
 
-def spec_of(run: str | RunStore) -> SequenceClassSpec:
+def spec_of(run: str | Path | RunStore) -> SequenceClassSpec:
     """The sequence-class spec of a run (``config.json`` task.spec)."""
     task = _store(run).read_config().get("task", {})
     if "spec" not in task:
@@ -60,7 +61,7 @@ def c_n_of_model(model: HookedTransformer, spec: SequenceClassSpec, layer: int =
     return c_n(Z_of_model(model, layer, head), spec)
 
 
-def c_n_at_checkpoint(run: str | RunStore, step: int | None = None) -> Float[Tensor, "K M"]:
+def c_n_at_checkpoint(run: str | Path | RunStore, step: int | None = None) -> Float[Tensor, "K M"]:
     """c_n of a run's checkpoint (default: the last), rebuilt from the safetensors file."""
     store = _store(run)
     return c_n_of_model(store.load_model(step), spec_of(store))
@@ -122,7 +123,7 @@ class CompositionTrajectory:
         return self.z[:, self.spec.queries[k], :]
 
 
-def trajectory(run: str | RunStore, layer: int = 0, head: int = 0) -> CompositionTrajectory:
+def trajectory(run: str | Path | RunStore, layer: int = 0, head: int = 0) -> CompositionTrajectory:
     """c_n(t) of a run from its recorded token-space QK circuit (``blocks.{layer}.QK_tok``, one head)."""
     store = _store(run)
     spec = spec_of(store)
@@ -134,7 +135,9 @@ def trajectory(run: str | RunStore, layer: int = 0, head: int = 0) -> Compositio
     return CompositionTrajectory(rec.steps, c_n(Z, spec), Z, spec)
 
 
-def empirical_trajectory(run: str | RunStore, layer: int = 0, head: int = 0) -> tuple[list[int], Float[Tensor, "steps K M"]]:
+def empirical_trajectory(
+    run: str | Path | RunStore, layer: int = 0, head: int = 0
+) -> tuple[list[int], Float[Tensor, "steps K M"]]:
     """Empirical composition (probe patterns, last query row) at every recorded step."""
     store = _store(run)
     spec = spec_of(store)

@@ -160,7 +160,7 @@ def _release(fig) -> None:
 
 
 def attention_steps_view(
-    patterns: Float[Tensor, "steps q k"], tokens: list[str], steps: Sequence[int], max_tokens: int = 64
+    patterns: Float[Tensor, "steps q k"], tokens: Sequence[str | int], steps: Sequence[int], max_tokens: int = 64
 ):
     """One circuitsvis ``attention_heads`` view with one panel per step (steps shown as heads)."""
     import circuitsvis as cv
