@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/sslens reproduce scan-snap --out $(OUT)/ss
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

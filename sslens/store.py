@@ -154,7 +154,7 @@ class RunStore:
 
     def load_model(self, step: int | None = None):
         """The HookedTransformer of this run at a checkpoint, rebuilt from config.json."""
-        from sslens.models import build
+        from sslens.configs import build_model as build
 
         tensors, _ = self.load_checkpoint(step)
         model = build(self.read_config()["model"])

@@ -8,6 +8,7 @@ and resumes a killed run bitwise (model, optimizer and RNG state are in every ch
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -17,15 +18,12 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from sslens.configs import build_model, build_task, model_config, task_config
+from sslens.constants import LR_SCHEDULES, OPTIMIZERS, PROBE_SEED_OFFSET
 from sslens.errors import SslensError, choice, require
 from sslens.losses import get_loss
-from sslens.models import build
 from sslens.schedule import log_schedule
 from sslens.store import RunStore, load_params
-from sslens.tasks import build_task
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
-LR_SCHEDULES = ("constant", "warmup_cosine")
 
 
 class TrainingDiverged(RuntimeError):
@@ -34,7 +32,11 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    """Everything needed to rebuild a run. ``lr`` maps parameter names (fnmatch patterns) to rates."""
+    """Everything needed to rebuild a run. ``lr`` maps parameter names (fnmatch patterns) to rates.
+
+    ``model`` and ``task`` stay the plain dicts ``config.json`` stores; they are validated through their
+    kind's typed config (:func:`sslens.configs.model_config`, :func:`sslens.configs.task_config`).
+    """
 
     model: dict
     task: dict
@@ -68,14 +70,18 @@ class TrainConfig:
         require(isinstance(self.seed, int), "seed", f"got {self.seed!r}", "an int")
         require(self.checkpoint_every >= 0, "checkpoint_every", f"got {self.checkpoint_every!r}", "an int >= 0")
         self.betas = tuple(self.betas)
+        model_config(self.model)
+        task_config(self.task)
 
     def to_dict(self) -> dict:
+        """The JSON-able dict (``config.json``'s ``train``)."""
         d = asdict(self)
         d["betas"] = list(self.betas)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Validate a dict; an unknown field raises naming it."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         require(not unknown, unknown[0] if unknown else "", "unknown training field", ", ".join(sorted(names)))
@@ -83,9 +89,11 @@ class TrainConfig:
 
     @property
     def every(self) -> int:
+        """Steps between checkpoints."""
         return self.checkpoint_every or max(1, self.steps // 10)
 
     def schedule(self) -> list[int]:
+        """The recorder's steps: ``record_n`` log-spaced ones plus ``record_extra``."""
         if self.record_n <= 0:
             return []
         return sorted(set(log_schedule(self.steps, self.record_n)) | {int(s) for s in self.record_extra if 0 <= s <= self.steps})
@@ -110,6 +118,7 @@ def param_groups(model: HookedTransformer, lr: dict[str, float]) -> list[dict]:
 
 
 def make_optimizer(model: HookedTransformer, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD, Adam or AdamW over :func:`param_groups`."""
     groups = param_groups(model, cfg.lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -128,9 +137,14 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / rest))
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """``LambdaLR`` with :func:`lr_factor`: before the optimizer step ``s``, each group's rate is base * factor(s)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step))
+
+
 # ----- checkpoint state -----------------------------------------------------------------------
-def training_state(model, optimizer, generator) -> tuple[dict, dict]:
-    """Tensors (model, optimizer, RNG) and JSON metadata for a resumable checkpoint."""
+def training_state(model, optimizer, generator, scheduler=None) -> tuple[dict, dict]:
+    """Tensors (model, optimizer, RNG) and JSON metadata (optimizer groups, LR scheduler) for a checkpoint."""
     tensors = {f"model.{n}": p.detach() for n, p in model.named_parameters()}
     sd = optimizer.state_dict()
     scalars = {}
@@ -142,10 +156,19 @@ def training_state(model, optimizer, generator) -> tuple[dict, dict]:
                 scalars[f"{pid}.{k}"] = v
     tensors["rng.data"] = generator.get_state()
     groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, {"param_groups": groups, "optim_scalars": scalars}
+    meta = {"param_groups": groups, "optim_scalars": scalars}
+    if scheduler is not None:
+        meta["lr_scheduler"] = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    return tensors, meta
 
 
-def restore_state(model, optimizer, generator, tensors: dict, meta: dict) -> None:
+def restore_state(model, optimizer, generator, tensors: dict, meta: dict, scheduler=None, step: int = 0,
+                  cfg: TrainConfig | None = None) -> None:
+    """Load a checkpoint's state into model, optimizer, RNG and LR scheduler.
+
+    Checkpoints written before the LambdaLR state was saved get the scheduler positioned at ``step``
+    from ``cfg`` (the rates are a function of the step alone).
+    """
     load_params(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict[int, dict] = {}
     for k, v in tensors.items():
@@ -157,6 +180,15 @@ def restore_state(model, optimizer, generator, tensors: dict, meta: dict) -> Non
         state.setdefault(int(pid), {})[key] = v
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     generator.set_state(tensors["rng.data"])
+    if scheduler is None:
+        return
+    if "lr_scheduler" in meta:
+        scheduler.load_state_dict({**meta["lr_scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
+    else:  # run directories written before the scheduler state was saved
+        scheduler.last_epoch = step
+        for g, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            g["initial_lr"] = base
+            g["lr"] = base * lr_factor(cfg, step)
 
 
 # ----- the loop -------------------------------------------------------------------------------
@@ -176,8 +208,9 @@ def train(
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     task = build_task(cfg.task)
-    model = build(cfg.model, generator=generator)
+    model = build_model(cfg.model, generator=generator)
     optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
     loss_fn = get_loss(getattr(task, "loss", "last_ce"))
 
     if store is not None:
@@ -186,10 +219,11 @@ def train(
                 raise SslensError("out", f"{store.path} already holds a run", "a new directory, or --resume")
             saved = store.read_config()
             diff = [k for k in config["train"] if saved.get("train", {}).get(k) != config["train"][k]]
-            require(not diff, f"resume.{diff[0] if diff else ''}", "differs from the saved run's config.json", "the same settings as the saved run")
+            require(not diff, f"resume.{diff[0] if diff else ''}", "differs from the saved run's config.json",
+                    "the same settings as the saved run")
             if store.checkpoint_steps():
                 tensors, meta = store.load_checkpoint()
-                restore_state(model, optimizer, generator, tensors, meta)
+                restore_state(model, optimizer, generator, tensors, meta, scheduler, meta["step"], cfg)
                 start = meta["step"]
                 store.truncate_metrics(start)
         else:
@@ -197,7 +231,7 @@ def train(
 
     recorder = None
     if cfg.record_n > 0:
-        probe_gen = torch.Generator().manual_seed(cfg.seed + 7_654_321)
+        probe_gen = torch.Generator().manual_seed(cfg.seed + PROBE_SEED_OFFSET)
         probe, probe_target = task.batch(cfg.probe_batch, probe_gen)
         recorder = CircuitRecorder(
             model, store=store, schedule=cfg.schedule(), probe_tokens=probe, probe_target=probe_target, start_step=start
@@ -210,19 +244,15 @@ def train(
             return
         store.append_metrics(loss_rows)
         loss_rows.clear()
-        tensors, meta = training_state(model, optimizer, generator)
+        tensors, meta = training_state(model, optimizer, generator, scheduler)
         store.save_checkpoint(step, tensors, meta)
 
-    base_lrs = [g["lr"] for g in param_groups(model, cfg.lr)]
     rows: list[dict] = []
     if start == 0:
         checkpoint(0, rows)
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
-        f = lr_factor(cfg, step)
-        for g, base in zip(optimizer.param_groups, base_lrs):
-            g["lr"] = base * f
         tokens, target = task.batch(cfg.batch, generator)
         logits = model(tokens, return_type="logits")
         loss = loss_fn(logits, target)
@@ -234,6 +264,7 @@ def train(
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
         optimizer.step()
+        scheduler.step()
         rows.append({"step": step + 1, "loss": loss.item()})
         if (step + 1) % cfg.every == 0 or step + 1 == cfg.steps:
             checkpoint(step + 1, rows)
@@ -245,3 +276,21 @@ def train(
     if store is not None:
         store.mark_complete({"steps": cfg.steps, "seconds": time.perf_counter() - t0})
     return model, store
+
+
+def ensure_trained(cfg: TrainConfig, out: str | Path, progress: bool = True, same_config: bool = False) -> RunStore:
+    """Train into ``out`` unless it holds a finished run; a killed run there resumes.
+
+    ``same_config=True``: a finished run must have been made with ``cfg`` (else one-line error).
+    """
+    store = RunStore(out)
+    if store.complete:
+        if same_config:
+            saved = store.read_config().get("train", {})
+            want = json.loads(json.dumps(cfg.to_dict()))
+            diff = sorted(k for k in want if saved.get(k) != want[k])
+            require(not diff, "out", f"{store.path} holds a finished run with other settings ({', '.join(diff)})",
+                    "a new --out directory, or the settings it was made with")
+        return store
+    train(cfg, out=out, resume=store.exists(), progress=progress)
+    return store
