@@ -77,6 +77,7 @@ def atomic_save_tensors(
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         save_file(tensors, tmp, metadata={"sslens": json.dumps(metadata or {})})
+        os.chmod(tmp, FILE_MODE)  # save_file re-creates the file with the umask's mode (0600 under umask 077)
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -267,6 +268,7 @@ class RunStore:
         """Append JSON lines (flushed and fsynced; a torn last line is ignored on read)."""
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.metrics_path, "a") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
             for r in rows:
                 f.write(json.dumps(r) + "\n")
             f.flush()

@@ -261,7 +261,9 @@ def _train(cfg: TrainConfig, store: RunStore | None, resume: bool, progress: boo
             if not resume:
                 raise SslensError("out", f"{store.path} already holds a run", "a new directory, or --resume")
             saved = store.read_config()
-            diff = [k for k in config["train"] if saved.get("train", {}).get(k) != config["train"][k]]
+            require(isinstance(saved.get("train"), dict), "resume", f"{store.config_path} has no \"train\" object",
+                    "a run directory written by sslens train")
+            diff = [k for k in config["train"] if saved["train"].get(k) != config["train"][k]]
             require(not diff, f"resume.{diff[0] if diff else ''}", "differs from the saved run's config.json", "the same settings as the saved run")
             if store.checkpoint_steps():
                 tensors, meta = _resume_from(store)

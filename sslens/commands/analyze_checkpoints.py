@@ -19,17 +19,29 @@ def register(sub) -> None:
 def run(a: argparse.Namespace) -> int:
     from sslens.analyses.checkpoints import analyze_series, report
     from sslens.checkpoints import open_series
-    from sslens.store import RunStore
+    from sslens.errors import SslensError
+    from sslens.store import RunStore, check_out_path
     from sslens.tasks import build_task
 
+    out = check_out_path(a.out, field="--out")  # before any model is loaded
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SslensError("--out", f"cannot create {out} ({e.strerror})", "a writable directory path") from None
     results = []
     for path in a.paths:
         s = open_series(path, config=a.config, checkpoint_indices=a.checkpoint_indices)
-        if (Path(path) / "config.json").exists() and RunStore(path).exists() and "task" in RunStore(path).read_config():
-            s.task = build_task(RunStore(path).read_config()["task"])
+        if (Path(path) / "config.json").is_file() and (Path(path) / "checkpoints").is_dir():
+            cfg = RunStore(path).read_config()
+            if "task" in cfg:
+                try:
+                    s.task = build_task(cfg["task"])
+                except (KeyError, TypeError, ValueError, AttributeError) as e:
+                    if isinstance(e, SslensError):
+                        raise
+                    raise SslensError("task", f"{Path(path) / 'config.json'} has a malformed task ({type(e).__name__}: {e})",
+                                      "a config.json written by sslens train") from None
         results.append(analyze_series(s, progress=not a.quiet))
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     report(results, out)
     print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
     return 0
