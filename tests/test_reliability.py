@@ -4,6 +4,7 @@ test -- random SIGKILLs of ``sslens train`` then ``--resume`` give the uninterru
 """
 
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -242,16 +243,27 @@ def test_pretrained_offline_fails_fast_in_one_line(tmp_path, monkeypatch, capsys
 
 
 # ----- chaos: random SIGKILLs, then --resume ----------------------------------------------------
-def _procs_using(path: Path) -> list[int]:
+def _children() -> list[int]:
+    """Live processes whose parent is this test process."""
     pids = []
     for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
+        if d.name.isdigit():
             try:
-                if str(path).encode() in (d / "cmdline").read_bytes():
-                    pids.append(int(d.name))
+                status = (d / "status").read_text()
             except OSError:
-                pass
+                continue
+            ppid = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), None)
+            if ppid == str(os.getpid()):
+                pids.append(int(d.name))
     return pids
+
+
+def _sslens_train(argv):
+    """Child body: ``sslens train ...`` as the console script runs it (stdio silenced)."""
+    torch.set_num_threads(1)
+    with open(os.devnull, "w") as null:
+        sys.stdout = sys.stderr = null
+        os._exit(main(argv))
 
 
 @pytest.mark.slow
@@ -262,15 +274,15 @@ def test_chaos_random_sigkills_then_resume_equal_the_uninterrupted_run(tmp_path,
     full, run = tmp_path / "full", tmp_path / "killed"
     torch.set_num_threads(1)
     assert cli(tiny_argv(full, steps), capsys)[0] == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    store, kills = RunStore(run), 0
+    ctx = multiprocessing.get_context("fork")  # an `sslens train` process without re-importing torch (fast)
+    store, kills, victims = RunStore(run), 0, []
     for _ in range(3):
         done = store.checkpoint_steps()[-1] if store.checkpoint_steps() else -1
         target = done + rng.randint(2, 6)
-        argv = [sys.executable, "-m", "sslens.cli", *tiny_argv(run, steps, "--resume")]
-        p = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = ctx.Process(target=_sslens_train, args=(tiny_argv(run, steps, "--resume"),))
+        p.start()
         deadline = time.time() + 120
-        while time.time() < deadline and p.poll() is None:
+        while time.time() < deadline and p.is_alive():
             if store.checkpoint_steps() and store.checkpoint_steps()[-1] >= target:
                 break
             time.sleep(0.01)
@@ -278,8 +290,10 @@ def test_chaos_random_sigkills_then_resume_equal_the_uninterrupted_run(tmp_path,
         code, _, err = cli(tiny_argv(run, steps, "--resume"), capsys)
         assert code == 2 and f"host={socket.gethostname()} pid={p.pid}" in one_line(err), err
         time.sleep(rng.uniform(0, 0.05))  # somewhere inside a step or a checkpoint write
-        p.send_signal(signal.SIGKILL)
-        p.wait()
+        os.kill(p.pid, signal.SIGKILL)
+        victims.append(p.pid)
+        p.join()
+        assert p.exitcode == -signal.SIGKILL
         kills += 1
         assert not store.complete, "the run finished before it could be killed"
     assert cli(tiny_argv(run, steps, "--resume"), capsys)[0] == 0
@@ -290,4 +304,5 @@ def test_chaos_random_sigkills_then_resume_equal_the_uninterrupted_run(tmp_path,
         assert torch.equal(a[k], b[k]), k  # model, optimizer and RNG state
     assert steps_of(store) == list(range(1, steps + 1))  # no duplicate (or missing) rows
     assert [r["loss"] for r in store.read_metrics()] == [r["loss"] for r in RunStore(full).read_metrics()]
-    assert temp_files(tmp_path) == [] and _procs_using(run) == []
+    assert temp_files(tmp_path) == [] and multiprocessing.active_children() == []
+    assert _children() == [] and not any(Path(f"/proc/{pid}").exists() for pid in victims)  # no orphans
