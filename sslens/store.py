@@ -242,8 +242,20 @@ class RunStore:
         """The HookedTransformer of this run at a checkpoint, rebuilt from config.json."""
         from sslens.models import build
 
+        from sslens.train import check_memory
+
+        cfg = self.read_config()
+        require(isinstance(cfg.get("model"), dict), "config.model", f"missing or not an object in {self.config_path}",
+                "a config.json written by sslens")
+        check_memory(cfg["model"], 1, field="config.model")
         tensors, _ = self.load_checkpoint(step)
-        model = build(self.read_config()["model"])
+        try:
+            model = build(cfg["model"])
+        except SslensError:
+            raise
+        except (KeyError, TypeError, ValueError, AssertionError, AttributeError, RuntimeError, OverflowError) as e:
+            raise SslensError("config.model", f"{self.config_path}: cannot build the model ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:120]})", "a config.json written by sslens") from None
         load_params(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         return model
 

@@ -8,6 +8,7 @@ and resumes a killed run bitwise (model, optimizer and RNG state are in every ch
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
 import os
 import shutil
@@ -185,7 +186,11 @@ def estimate_bytes(model: dict, batch: int) -> int:
     Parameters x 4 (weights, grads, two optimizer states) plus activations of every layer for the
     backward pass: residual/q/k/v/z/MLP per position, the T x T pattern, and the logits.
     """
-    g = lambda *keys, default=0: next((int(model[k]) for k in keys if isinstance(model.get(k), (int, float))), default)  # noqa: E731
+    def g(*keys, default=0):
+        vals = [model.get(k) for k in keys]
+        ok = [v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+        return max(int(ok[0]), 0) if ok else default
+
     width = g("M", "d_model", "d", default=64)
     vocab = g("M", "d_vocab", default=width)
     d_ff = g("d_mlp", "d_ff", default=0)
@@ -264,6 +269,7 @@ def _train(cfg: TrainConfig, store: RunStore | None, resume: bool, progress: boo
             require(isinstance(saved.get("train"), dict), "resume", f"{store.config_path} has no \"train\" object",
                     "a run directory written by sslens train")
             diff = [k for k in config["train"] if saved["train"].get(k) != config["train"][k]]
+            diff += [k for k in ("model", "task") if saved.get(k) != json.loads(json.dumps(config[k]))]
             require(not diff, f"resume.{diff[0] if diff else ''}", "differs from the saved run's config.json", "the same settings as the saved run")
             if store.checkpoint_steps():
                 tensors, meta = _resume_from(store)

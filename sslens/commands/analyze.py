@@ -33,6 +33,13 @@ def checked_config(run_dir: str | Path) -> dict:
         require(isinstance(cfg.get(key), dict), f"config.{key}", f"missing or not an object in {p / 'config.json'}", allowed)
     for key in REQUIRED_TRAIN:
         require(key in cfg["train"], f"config.train.{key}", f"missing in {p / 'config.json'}", allowed)
+    from sslens.train import check_memory
+
+    check_memory(cfg["model"], 1, field="config.model")
+    spec = cfg["task"].get("spec")
+    if cfg["model"].get("kind") == "scan_snap" and isinstance(spec, dict):
+        require(spec.get("M") == cfg["model"].get("M"), "config.task.spec.M", f"{spec.get('M')!r} differs from "
+                f"config.model.M {cfg['model'].get('M')!r}", "the model's M")
     steps = cfg["train"]["steps"]
     require(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, "config.train.steps",
             f"got {steps!r}", "an int >= 1")
@@ -104,7 +111,7 @@ def run(a: argparse.Namespace) -> int:
         metrics = mod.analyze(run_dir, out_dir=out)
     except (SslensError, OSError, MemoryError):
         raise
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError) as e:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError, RuntimeError) as e:
         what = f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
         raise SslensError("run_dir", f"{run_dir} is not a complete sslens run of kind "
                           f"{store.read_config()['model'].get('kind')} ({what})", "a run written by sslens train") from None

@@ -41,7 +41,13 @@ def run(a: argparse.Namespace) -> int:
                         raise
                     raise SslensError("task", f"{Path(path) / 'config.json'} has a malformed task ({type(e).__name__}: {e})",
                                       "a config.json written by sslens train") from None
-        results.append(analyze_series(s, progress=not a.quiet))
+        try:
+            results.append(analyze_series(s, progress=not a.quiet))
+        except (SslensError, OSError, MemoryError):
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError, RuntimeError) as e:
+            raise SslensError("paths", f"{path} could not be analyzed ({type(e).__name__}: {' '.join(str(e).split())[:160]})",
+                              "sslens run dirs, dirs of model_<step>.pt, or pretrained:NAME") from None
     report(results, out)
     print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
     return 0
