@@ -229,13 +229,13 @@ def train(
         return _train(cfg, None, resume, progress)
     store = RunStore(check_out_path(out))
     created = not store.path.exists()
-    try:
-        with store.writing():
+    with store.writing():
+        try:
             return _train(cfg, store, resume, progress)
-    except BaseException:
-        if created and store.path.is_dir() and {p.name for p in store.path.iterdir()} <= {".lock"}:
-            shutil.rmtree(store.path, ignore_errors=True)  # refused before writing: leave no half-made run dir
-        raise
+        except BaseException:
+            if created and {p.name for p in store.path.iterdir()} <= {".lock"}:
+                shutil.rmtree(store.path, ignore_errors=True)  # refused before writing: leave no half-made run dir
+            raise
 
 
 def _resume_from(store: RunStore) -> tuple[dict, dict]:
