@@ -44,3 +44,17 @@ def min2_int(s: str) -> int:
     if v < 2:
         raise argparse.ArgumentTypeError(f"{s!r}; allowed: an int >= 2")
     return v
+
+
+SEED_MAX = 2**63 - 1
+
+
+def seed_int(s: str) -> int:
+    """A seed for ``torch.Generator.manual_seed``: 0 .. 2**63-1."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer; allowed: 0 .. 2**63-1") from None
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{s!r}; allowed: 0 .. 2**63-1")
+    return v

@@ -62,11 +62,27 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
+    # one line and an exit code, never a traceback: 2 bad input / OS refusal, 3 divergence (sslens.errors)
+    from sslens.errors import EXIT_DIVERGED, EXIT_USAGE, TrainingDiverged
+
+    def fail(msg: str, code: int) -> int:
+        print(f"sslens {args.verb}: error: {' '.join(str(msg).split())}", file=sys.stderr)
+        return code
+
     try:
         return int(args.func(args) or 0)
     except SslensError as e:
-        print(f"sslens {args.verb}: error: {e}", file=sys.stderr)
-        return 2
+        return fail(e, EXIT_USAGE)
+    except TrainingDiverged as e:
+        return fail(e, EXIT_DIVERGED)
+    except MemoryError:
+        return fail("memory: out of memory; allowed: a smaller --batch, --num-last or --seq-len", EXIT_USAGE)
+    except OSError as e:
+        where = e.filename if e.filename is not None else ""
+        return fail(f"{where}: {e.strerror or type(e).__name__}; allowed: a writable path with free space"
+                    if where else f"{e.strerror or e}; allowed: a writable path with free space", EXIT_USAGE)
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
 
 
 if __name__ == "__main__":

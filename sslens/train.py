@@ -10,6 +10,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import os
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -20,14 +23,12 @@ from transformer_lens import HookedTransformer
 
 from sslens.configs import build_model, build_task, model_config, task_config
 from sslens.constants import LR_SCHEDULES, OPTIMIZERS, PROBE_SEED_OFFSET
-from sslens.errors import SslensError, choice, require
+from sslens.errors import SslensError, TrainingDiverged, choice, require
 from sslens.losses import get_loss
 from sslens.schedule import log_schedule
-from sslens.store import RunStore, load_params
+from sslens.store import RunStore, check_out_path, load_params
 
-
-class TrainingDiverged(RuntimeError):
-    """The loss became non-finite; the message names the step."""
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits; the probe seed adds a small offset
 
 
 @dataclass
@@ -67,7 +68,8 @@ class TrainConfig:
         require(0 <= self.momentum < 1, "momentum", f"got {self.momentum!r}", "0 <= momentum < 1")
         require(self.weight_decay >= 0, "weight_decay", f"got {self.weight_decay!r}", ">= 0")
         require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", f"got {self.grad_clip!r}", "None or > 0")
-        require(isinstance(self.seed, int), "seed", f"got {self.seed!r}", "an int")
+        require(isinstance(self.seed, int) and 0 <= self.seed <= SEED_MAX, "seed", f"got {self.seed!r}",
+                f"an int in 0 .. {SEED_MAX} (2**63 - 1)")
         require(self.checkpoint_every >= 0, "checkpoint_every", f"got {self.checkpoint_every!r}", "an int >= 0")
         self.betas = tuple(self.betas)
         model_config(self.model)
@@ -82,6 +84,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         """Validate a dict; an unknown field raises naming it."""
+        require(isinstance(d, dict), "train", f"got a {type(d).__name__}", "a JSON object of training fields")
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         require(not unknown, unknown[0] if unknown else "", "unknown training field", ", ".join(sorted(names)))
@@ -191,6 +194,52 @@ def restore_state(model, optimizer, generator, tensors: dict, meta: dict, schedu
             g["lr"] = base * lr_factor(cfg, step)
 
 
+# ----- memory estimate ------------------------------------------------------------------------
+def available_memory() -> int:
+    """Bytes this machine can still give (``MemAvailable``; physical memory where that is unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def estimate_bytes(model: dict, batch: int) -> int:
+    """A generous estimate of the peak memory of training ``model`` (a config dict) on ``batch`` sequences.
+
+    Parameters x 4 (weights, grads, two optimizer states) plus activations of every layer for the
+    backward pass: residual/q/k/v/z/MLP per position, the T x T pattern, and the logits.
+    """
+    def g(*keys, default=0):
+        vals = [model.get(k) for k in keys]
+        ok = [v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+        return max(int(ok[0]), 0) if ok else default
+
+    width = g("M", "d_model", "d", default=64)
+    vocab = g("M", "d_vocab", default=width)
+    d_ff = g("d_mlp", "d_ff", default=0)
+    layers = g("n_layers", default=1)
+    T = g("n_ctx", default=128)
+    elt = 8 if model.get("dtype") == "float64" else 4
+    params = layers * (4 * width * width + 2 * width * d_ff) + 2 * vocab * width
+    acts = batch * T * (layers * (8 * width + 2 * T + 2 * d_ff) + 2 * vocab) + batch * T * 2  # + int64 tokens
+    return elt * (4 * params + 3 * acts)
+
+
+def check_memory(model: dict, batch: int, field: str = "batch") -> None:
+    """Refuse (one line, before anything is written) a run whose estimate exceeds the available memory."""
+    need, have = estimate_bytes(model, batch), available_memory()
+    if need > have:
+        raise SslensError(field, f"needs about {need / 2**30:.3g} GiB, the machine has {have / 2**30:.3g} GiB available",
+                          "a smaller batch / model (estimate: sslens.train.estimate_bytes)")
+
+
 # ----- the loop -------------------------------------------------------------------------------
 def train(
     cfg: TrainConfig | dict,
@@ -198,11 +247,41 @@ def train(
     resume: bool = False,
     progress: bool = True,
 ) -> tuple[HookedTransformer, RunStore | None]:
-    """Train; with ``out`` write a run store. ``resume=True`` continues from the latest checkpoint."""
+    """Train; with ``out`` write a run store. ``resume=True`` continues from the latest checkpoint.
+
+    The run directory is locked for the whole run (one writer: ``sslens.lock``); temp files of a killed
+    writer are removed; a non-finite loss marks the run ``DIVERGED`` and raises :class:`TrainingDiverged`.
+    Bad input (config, ``out``, memory) is refused before anything is written.
+    """
+    cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
+    check_memory(cfg.model, cfg.batch)
+    if out is None:
+        return _train(cfg, None, resume, progress)
+    store = RunStore(check_out_path(out))
+    created = not store.path.exists()
+    with store.writing():
+        try:
+            return _train(cfg, store, resume, progress)
+        except BaseException:
+            if created and {p.name for p in store.path.iterdir()} <= {".lock"}:
+                shutil.rmtree(store.path, ignore_errors=True)  # refused before writing: leave no half-made run dir
+            raise
+
+
+def _resume_from(store: RunStore) -> tuple[dict, dict]:
+    """The newest readable checkpoint; says on stderr which unreadable ones were skipped."""
+    tensors, meta, skipped = store.load_latest_readable()
+    for step, why in skipped:
+        print(f"sslens: resume: checkpoint at step {step} is unreadable ({why}); moved aside as .corrupt",
+              file=sys.stderr)
+    if skipped:
+        print(f"sslens: resume: resuming from step {meta['step']}, the newest readable checkpoint", file=sys.stderr)
+    return tensors, meta
+
+
+def _train(cfg: TrainConfig, store: RunStore | None, resume: bool, progress: bool) -> tuple[HookedTransformer, RunStore | None]:
     from sslens.hooks.recorder import CircuitRecorder
 
-    cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
-    store = RunStore(out) if out is not None else None
     config = {"train": cfg.to_dict(), "model": cfg.model, "task": cfg.task}
     start = 0
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -218,11 +297,14 @@ def train(
             if not resume:
                 raise SslensError("out", f"{store.path} already holds a run", "a new directory, or --resume")
             saved = store.read_config()
-            diff = [k for k in config["train"] if saved.get("train", {}).get(k) != config["train"][k]]
+            require(isinstance(saved.get("train"), dict), "resume", f"{store.config_path} has no \"train\" object",
+                    "a run directory written by sslens train")
+            diff = [k for k in config["train"] if saved["train"].get(k) != config["train"][k]]
+            diff += [k for k in ("model", "task") if saved.get(k) != json.loads(json.dumps(config[k]))]
             require(not diff, f"resume.{diff[0] if diff else ''}", "differs from the saved run's config.json",
                     "the same settings as the saved run")
             if store.checkpoint_steps():
-                tensors, meta = store.load_checkpoint()
+                tensors, meta = _resume_from(store)
                 restore_state(model, optimizer, generator, tensors, meta, scheduler, meta["step"], cfg)
                 start = meta["step"]
                 store.truncate_metrics(start)
@@ -258,7 +340,12 @@ def train(
         loss = loss_fn(logits, target)
         if not torch.isfinite(loss):
             bar.close()
-            raise TrainingDiverged(f"loss: non-finite value {loss.item()} at step {step + 1}; lower the learning rates")
+            msg = f"loss: non-finite value {loss.item()} at step {step + 1}; lower the learning rates"
+            if store is not None:
+                store.append_metrics(rows)  # the finite steps before it (a resume truncates to its checkpoint)
+                store.mark_diverged(step + 1, msg)
+                msg += f" (run marked diverged: {store.path / 'DIVERGED'})"
+            raise TrainingDiverged(msg, step=step + 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import argparse
 
-from sslens.argtypes import min2_int, positive_float, positive_int, unit_float
+from sslens.argtypes import min2_int, positive_float, positive_int, seed_int, unit_float
 from sslens.constants import DTYPE_NAMES, INITS, OPTIMIZERS, PRESETS, Y_PARAM, Z_PARAM
 
 EXAMPLE = """\
 example:
   sslens train scan-snap --preset syn-medium --num-last 3 --eta-y 10 --eta-z 1 --steps 200 --out runs/med3
   sslens train scan-snap --out runs/med3 --steps 200 --resume     # continue it after a kill"""
+
+
+def _check_size(a: argparse.Namespace) -> None:
+    """Refuse, before building anything, a --num-last / --batch / --seq-len whose memory exceeds the machine's."""
+    from sslens.data.sequence_classes import N_COMMON, N_DISTINCT_PER_CLASS
+    from sslens.models.scan_snap import scan_snap_config
+    from sslens.train import check_memory
+
+    K = 2 * a.num_last if a.preset == "syn-medium" else 2
+    M = N_COMMON + N_DISTINCT_PER_CLASS * K + K // (2 if a.preset == "syn-medium" else 1) + K
+    model = scan_snap_config(M, n_ctx=a.seq_len, init=a.init, dtype=a.dtype)
+    check_memory(model, 1, field="--num-last" if a.preset == "syn-medium" else "--seq-len")
+    check_memory(model, a.batch, field="--batch")
 
 
 def scan_snap_train_config(a: argparse.Namespace):
@@ -20,6 +33,7 @@ def scan_snap_train_config(a: argparse.Namespace):
     from sslens.tasks import SequenceClassTask
     from sslens.train import TrainConfig
 
+    _check_size(a)
     spec = preset(a.preset, num_last=a.num_last, T=a.seq_len)
     return TrainConfig(
         model=scan_snap_config(spec.M, n_ctx=spec.T, init=a.init, dtype=a.dtype),
@@ -49,7 +63,7 @@ def add_scan_snap_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--momentum", type=unit_float, default=0.9, help="SGD momentum (ignored by adam/adamw)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (decoupled for adamw)")
     p.add_argument("--init", choices=INITS, default="zero", help="zero (Fig. 4) or nn.Linear's default (Fig. 6)")
-    p.add_argument("--seed", type=int, default=2, help="seed of the init and the data stream")
+    p.add_argument("--seed", type=seed_int, default=2, help="seed of the init and the data stream (0 .. 2**63-1)")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="parameter dtype")
     p.add_argument("--checkpoint-every", type=positive_int, default=10, help="steps between resumable checkpoints")
 
@@ -72,10 +86,13 @@ def register(sub) -> None:
 
 def run(a: argparse.Namespace) -> int:
     """Train, print where the run went and its final loss."""
+    from sslens.store import check_out_path
     from sslens.train import train
 
+    check_out_path(a.out, field="--out")  # before building anything
     cfg = scan_snap_train_config(a)
     _, store = train(cfg, out=a.out, resume=a.resume, progress=not a.quiet)
     rows = store.read_metrics()
-    print(f"run written to {store.path} (final loss {rows[-1]['loss']:.3g} at step {rows[-1]['step']})")
+    tail = f" (final loss {rows[-1]['loss']:.3g} at step {rows[-1]['step']})" if rows else ""
+    print(f"run written to {store.path}{tail}")
     return 0
