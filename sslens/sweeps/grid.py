@@ -368,7 +368,8 @@ def run_points(
         runs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SslensError("out", f"cannot create {runs_dir} ({e.strerror})", "a writable directory path") from None
-    with run_lock(out):  # one sweep per output directory
+    # one sweep per output directory (a few seconds' grace: workers of a killed sweep share its lock until they die)
+    with run_lock(out, wait=True, timeout=5.0):
         for p in out.glob(".*.tmp"):
             p.unlink(missing_ok=True)
         _check_same(out, runs, fn)
@@ -489,6 +490,17 @@ def write_results(path: Path, rows: list[dict], axes: list[str]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def _key(v) -> str:
+    return json.dumps(v, sort_keys=True)
+
+
+def _label(v) -> str:
+    if isinstance(v, dict) and "kind" in v:
+        return str(v["kind"])
+    text = v if isinstance(v, str) else json.dumps(v)
+    return text if len(text) <= 16 else text[:15] + "…"
+
+
 def summary_figure(rows: list[dict], axes: list[str]):
     """Final loss of every run against each grid axis (a panel per axis; x marks diverged/failed runs)."""
     from matplotlib.figure import Figure
@@ -497,26 +509,33 @@ def summary_figure(rows: list[dict], axes: list[str]):
     fig = Figure(figsize=(3.4 * len(axes), 3.0))
     panels = fig.subplots(1, len(axes), squeeze=False, sharey=True)[0]
     for ax, a in zip(panels, axes):
-        values = []
+        keys, labels = [], []
         for r in rows:
-            if r.get(a) not in values:
-                values.append(r.get(a))
+            k = _key(r.get(a))
+            if k not in keys:
+                keys.append(k)
+                labels.append(_label(r.get(a)))
+        values = [json.loads(k) for k in keys]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-        pos = {v: (v if numeric else i) for i, v in enumerate(values)}
+        pos = {k: (v if numeric else i) for i, (k, v) in enumerate(zip(keys, values))}
+
+        def x(r):
+            return pos[_key(r.get(a))]
+
         ok = [r for r in rows if r["status"] == "complete" and math.isfinite(r["final_loss"])]
         bad = [r for r in rows if r["status"] != "complete"]
-        ax.scatter([pos[r.get(a)] for r in ok], [r["final_loss"] for r in ok], s=10, alpha=0.6, label="complete")
+        ax.scatter([x(r) for r in ok], [r["final_loss"] for r in ok], s=10, alpha=0.6, label="complete")
         if ok:
-            xs = sorted({pos[r.get(a)] for r in ok})
-            ax.plot(xs, [sum(r["final_loss"] for r in ok if pos[r.get(a)] == x) /
-                         sum(1 for r in ok if pos[r.get(a)] == x) for x in xs], "k-", lw=1, label="mean")
+            xs = sorted({x(r) for r in ok})
+            ax.plot(xs, [sum(r["final_loss"] for r in ok if x(r) == v) / sum(1 for r in ok if x(r) == v) for v in xs],
+                    "k-", lw=1, label="mean")
         if bad:
             top = max([r["final_loss"] for r in ok] or [1.0])
-            ax.scatter([pos[r.get(a)] for r in bad], [top] * len(bad), marker="x", color="red", label="diverged/failed")
+            ax.scatter([x(r) for r in bad], [top] * len(bad), marker="x", color="red", label="diverged/failed")
         if numeric and len(values) > 2 and min(values) > 0 and max(values) / min(values) >= 20:
             ax.set_xscale("log")
         if not numeric:
-            ax.set_xticks(range(len(values)), [str(v) for v in values], rotation=30, fontsize=7)
+            ax.set_xticks(range(len(values)), labels, rotation=30, fontsize=7)
         ax.set_xlabel(a)
     panels[0].set_ylabel("final loss")
     panels[-1].legend(fontsize=7)
