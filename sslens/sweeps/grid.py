@@ -184,29 +184,48 @@ def _typed(d: dict, axes: list[str]) -> dict:
 
 
 def _check_kinds(configs: list[dict], axes: list[str]) -> None:
-    """model.kind and task.kind known (the model registry is imported only for non-engine kinds)."""
-    from sslens.tasks import build_task  # noqa: F401 -- registers the optional task kinds on first use
-    from sslens.tasks import TASKS
-
+    """Every model and task dict is one sslens builds (kind known; with typed configs every field)."""
+    seen = set()
     for c in configs:
-        where = "grid.task.kind" if "task.kind" in axes else "base.task.kind"
-        kind = c["task"].get("kind") if isinstance(c.get("task"), dict) else None
-        if kind not in TASKS:
-            import importlib
+        for section in ("model", "task"):
+            d = c.get(section)
+            key = (section, json.dumps(d, sort_keys=True))
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                _check_one(section, d)
+            except SslensError as e:
+                f = e.field if e.field.startswith(section) else f"{section}.{e.field}"
+                hit = next((a for a in axes if f == a or f.startswith(a + ".") or a.startswith(f + ".")), None)
+                raise SslensError(f"grid.{hit}" if hit else f"base.{f}", e.problem, e.allowed) from None
 
-            for mod in ("sslens.data.anchor", "sslens.data.text"):
-                try:
-                    importlib.import_module(mod)
-                except ModuleNotFoundError:
-                    pass
-        require(kind in TASKS, where, f"unknown task {kind!r}", ", ".join(sorted(TASKS)))
-        mkind = c["model"].get("kind") if isinstance(c.get("model"), dict) else None
-        if mkind != "scan_snap":
-            from sslens.models import BUILDERS, _load_optional_kinds
 
-            _load_optional_kinds()
-            where = "grid.model.kind" if "model.kind" in axes else "base.model.kind"
-            require(mkind in BUILDERS, where, f"unknown model kind {mkind!r}", ", ".join(sorted(BUILDERS)))
+def _check_one(section: str, d) -> None:
+    require(isinstance(d, dict) and "kind" in d, f"{section}.kind", "missing", f"a {section} config dict with a kind")
+    try:  # typed configs (sslens.configs), where present: kind and every field against the builder's signature
+        from sslens.configs import model_config, task_config
+    except ImportError:
+        model_config = task_config = None
+    if model_config is not None:
+        (model_config if section == "model" else task_config)(d)
+        return
+    import importlib
+
+    if section == "task":
+        from sslens.tasks import TASKS
+
+        for mod in ("sslens.data.anchor", "sslens.data.text"):
+            try:
+                importlib.import_module(mod)
+            except ModuleNotFoundError:
+                pass
+        require(d["kind"] in TASKS, "task.kind", f"unknown task {d['kind']!r}", ", ".join(sorted(TASKS)))
+    elif d["kind"] != "scan_snap":
+        from sslens.models import BUILDERS, _load_optional_kinds
+
+        _load_optional_kinds()
+        require(d["kind"] in BUILDERS, "model.kind", f"unknown model kind {d['kind']!r}", ", ".join(sorted(BUILDERS)))
 
 
 # ----- jobs -------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def clean_temp(run_dir: Path) -> int:
     store = RunStore(run_dir)
     if hasattr(store, "clean_temp"):  # sslens.store's own, where present
         n = store.clean_temp()
-        return int(n or 0)
+        return len(n) if isinstance(n, (list, tuple)) else int(n or 0)
     n = 0
     for sub in (run_dir, run_dir / "checkpoints", run_dir / "recordings"):
         if sub.is_dir():
@@ -72,10 +72,12 @@ def clean_temp(run_dir: Path) -> int:
 
 
 def status_of(run_dir: str | Path) -> str:
-    """complete, diverged (``diverged_at`` in config.json), failed (``FAILED``) or missing."""
+    """complete, diverged (``DIVERGED`` or ``diverged_at`` in config.json), failed (``FAILED``) or missing."""
     store = RunStore(run_dir)
     if store.complete:
         return "complete"
+    if (Path(run_dir) / "DIVERGED").exists():
+        return "diverged"
     if store.exists():
         try:
             if "diverged_at" in store.read_config():
