@@ -200,7 +200,8 @@ def train(
         probe_gen = torch.Generator().manual_seed(cfg.seed + 7_654_321)
         probe, probe_target = task.batch(cfg.probe_batch, probe_gen)
         recorder = CircuitRecorder(
-            model, store=store, schedule=cfg.schedule(), probe_tokens=probe, probe_target=probe_target, start_step=start
+            model, store=store, schedule=cfg.schedule(), probe_tokens=probe, probe_target=probe_target, start_step=start,
+            token_space=max(model.cfg.d_vocab, model.cfg.d_vocab_out) <= 4096, verbose=progress,  # Scan&Snap: Z, Y
         )
         recorder.attach(optimizer)
     model.sslens_recorder = recorder
