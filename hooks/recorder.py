@@ -552,6 +552,15 @@ class Recording:
         with safe_open(str(self._path(step)), framework="pt") as f:
             return f.get_tensor(name)
 
+    def _tensors(self, step: int, names: list[str]) -> dict[str, Tensor]:
+        """Several tensors of one step, the file opened once."""
+        if self._mem is not None:
+            return {n: self._mem[step][n] for n in names}
+        from safetensors import safe_open
+
+        with safe_open(str(self._path(step)), framework="pt") as f:
+            return {n: f.get_tensor(n) for n in names}
+
     def _bad_key(self, name: str) -> SslensError:
         return SslensError("key", f"no {name!r} in this recording", ", ".join(self.keys()) or "none (no steps)")
 
@@ -626,30 +635,34 @@ class Recording:
         scalars (head empty) and ``rel_change.{param}`` (layer from the name, head empty)."""
         import pandas as pd
 
-        keys = self._stored_keys()
+        wanted = [k for k in self._stored_keys() if k == "meta.heads" or re.match(r"^blocks\.\d+\.(QK|OV)\.sv$", k)
+                  or k.startswith("scores.blocks.") or k.startswith("scores.rel_change.")]
         rows = []
         for s in self.steps:
-            heads = self._tensor(s, "meta.heads").tolist() if "meta.heads" in keys else None
-            for k in keys:
+            t = self._tensors(s, wanted)
+            heads = t["meta.heads"].tolist() if "meta.heads" in t else None
+            for k, v in t.items():
                 m = re.match(r"^blocks\.(\d+)\.(QK|OV)\.sv$", k)
                 sc = re.match(r"^scores\.blocks\.(\d+)\.(.+)$", k)
                 rc = re.match(r"^scores\.rel_change\.(.+)$", k)
                 if m:
-                    layer, metric, vals = int(m.group(1)), f"{m.group(2)}.sv1", self._tensor(s, k)[:, 0]
-                elif sc and self._tensor(s, k).dim() <= 1:
-                    layer, metric, vals = int(sc.group(1)), sc.group(2), self._tensor(s, k)
+                    layer, metric, vals = int(m.group(1)), f"{m.group(2)}.sv1", v[:, 0]
+                elif sc and v.dim() == 1 and not sc.group(2).endswith(".sv"):
+                    layer, metric, vals = int(sc.group(1)), sc.group(2), v
+                elif sc and v.dim() == 0:
+                    layer, metric, vals = int(sc.group(1)), sc.group(2), v
                 elif rc:
                     param = rc.group(1)
                     lm = re.match(r"^blocks\.(\d+)\.(.+)$", param)
                     layer = int(lm.group(1)) if lm else None
-                    metric, vals = "rel_change." + (lm.group(2) if lm else param), self._tensor(s, k)
+                    metric, vals = "rel_change." + (lm.group(2) if lm else param), v
                 else:
                     continue
                 if vals.dim() == 0:
                     rows.append((s, layer, None, metric, float(vals)))
                 else:
-                    for i, v in enumerate(vals.tolist()):
-                        rows.append((s, layer, heads[i] if heads else i, metric, float(v)))
+                    for i, x in enumerate(vals.tolist()):
+                        rows.append((s, layer, heads[i] if heads else i, metric, float(x)))
         df = pd.DataFrame(rows, columns=["step", "layer", "head", "metric", "value"])
         return df.astype({"layer": "Int64", "head": "Int64"})
 
