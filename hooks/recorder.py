@@ -186,7 +186,8 @@ class CircuitRecorder:
         token_space: also record ``QK_tok``/``OV_tok`` ``[head, d_vocab, d_vocab]``. Default: only for sslens's
             Scan&Snap model (whose token space is its Z and Y). Refused above ``max_token_vocab``.
         token_subset: token ids: token-space circuits restricted to them (``[head, n, n]``).
-        spectra_only: record only spectra and scores (no weights, no patterns).
+        spectra_only: record only spectra and scores (no weights, no patterns; token-space circuits only when
+            explicitly requested).
         patterns: record the probe patterns (their scalar scores are kept either way).
         mlp: ``True``: MLP weights when ``d_model * d_mlp <= 2**20``, else condensation scalars; or
             ``"weights"`` / ``"scalars"``.
@@ -237,7 +238,8 @@ class CircuitRecorder:
         self.probe_period = probe_period
         self.step = start_step
         if token_space is None:
-            token_space = getattr(model, "sslens_config", {}).get("kind") == "scan_snap" and token_subset is None
+            token_space = (getattr(model, "sslens_config", {}).get("kind") == "scan_snap" and token_subset is None
+                           and not spectra_only)
         if token_space and token_subset is None:
             big = max(cfg.d_vocab, cfg.d_vocab_out)
             require(big <= max_token_vocab, "token_space", f"d_vocab {big} > max_token_vocab {max_token_vocab}",
