@@ -9,7 +9,9 @@
    directory. Loops without and with the recorder alternate in one process (best of ``reps`` each);
    goal: with / without <= 1.05. The recorder's own time (inside ``record``) / training time is also printed.
 
-``SSLENS_BENCH_QUICK=1`` runs 200 steps once each.
+``SSLENS_BENCH_QUICK=1`` runs 200 steps once each. On a loaded machine the loop is shortened automatically
+when 1000 steps x 2 loops x ``reps`` would take longer than ``BUDGET_S`` (the output then says so: fewer steps
+mean fewer training steps between the same ~log2(steps) records, so the ratio is a pessimistic bound).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from sslens.hooks import CircuitRecorder
 
 QUICK = os.environ.get("SSLENS_BENCH_QUICK") == "1"
+BUDGET_S = float(os.environ.get("SSLENS_BENCH_BUDGET_S", "600"))
 
 
 def _model(**kw) -> HookedTransformer:
@@ -91,6 +94,17 @@ def _loop(steps: int, record: bool) -> tuple[float, float]:
 def overhead() -> None:
     steps, reps = (200, 1) if QUICK else (1000, 2)
     _loop(5, True)  # warm-up
+    probe_s = _loop(20, False)[0] / 20
+    note = ""
+    if 2 * reps * steps * probe_s > BUDGET_S:
+        full = steps
+        reps = 1
+        steps = max(100, int(BUDGET_S / (2 * probe_s)))
+        if steps < full:
+            note = (f" [SHORTENED from {full} steps: {probe_s * 1e3:.0f} ms/step on this loaded machine would exceed "
+                    f"the {BUDGET_S:.0f} s budget; fewer steps per record, so a pessimistic ratio]")
+        else:
+            steps = full
     without, with_, inside = [], [], []
     for _ in range(reps):
         without.append(_loop(steps, False)[0])
@@ -101,7 +115,7 @@ def overhead() -> None:
     print(f"overhead, 2 layers d_model 128 4 heads, batch 32x128, {steps} steps (best of {reps}): "
           f"{a / steps * 1e3:.1f} ms/step without, {b / steps * 1e3:.1f} ms/step with recorder (default schedule); "
           f"with/without = {b / a:.3f} (goal <= 1.05: {'PASS' if b / a <= 1.05 else 'FAIL'}); "
-          f"time inside record() / training time = {min(inside) / a:.2%}", flush=True)
+          f"time inside record() / training time = {min(inside) / a:.2%}{note}", flush=True)
 
 
 def main() -> None:

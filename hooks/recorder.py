@@ -1,4 +1,6 @@
-"""CircuitRecorder: the attention weights, their spectra, probe patterns and record-time scores of a
+"""CircuitRecorder: attention weights, spectra, probe patterns and scores recorded during training.
+
+The attention weights, their spectra, probe patterns and record-time scores of a
 HookedTransformer during training, stored so that a GPT-2-small-sized model stays small.
 
 Attach it to any optimizer (``Optimizer.register_step_post_hook``): it counts steps and, at the scheduled
@@ -32,7 +34,6 @@ docs/theory.md §1.1), and MLP weights or condensation scalars (``mlp=``, docs/t
 from __future__ import annotations
 
 import html
-import math
 import re
 import sys
 import warnings
@@ -99,8 +100,10 @@ def _expand_kv(W: Tensor, n_heads: int) -> Tensor:
 
 
 def default_probe(cfg, n_seqs: int = PROBE_SEQS, period: int = PROBE_PERIOD, seed: int = PROBE_SEED) -> tuple[Tensor, int]:
-    """Repeated random tokens ``[n_seqs, 2 * period]`` (seeded; period capped at ``n_ctx // 2``): the probe on
-    which induction (attend to the token after the earlier copy) and previous-token heads show."""
+    """Repeated random tokens ``[n_seqs, 2 * period]`` (seeded; period capped at ``n_ctx // 2``).
+
+    The probe on which induction (attend to the token after the earlier copy) and previous-token heads show.
+    """
     period = max(1, min(period, cfg.n_ctx // 2))
     g = torch.Generator().manual_seed(seed)
     half = torch.randint(0, cfg.d_vocab, (n_seqs, period), generator=g)
@@ -108,10 +111,12 @@ def default_probe(cfg, n_seqs: int = PROBE_SEQS, period: int = PROBE_PERIOD, see
 
 
 def pattern_scores(pattern: Float[Tensor, "probe head q k"], period: int | None) -> dict[str, Tensor]:
-    """Per-head scalars of a probe pattern, means over probe sequences and queries q >= 1:
+    """Per-head scalars of a probe pattern, means over probe sequences and queries q >= 1.
+
     ``entropy`` (nats), and on a probe repeated with ``period`` p (second half q >= p): ``prev_token`` = A[q, q-1]
     (all q >= 1), ``induction`` = A[q, q-p+1] (the token after the earlier copy: prefix matching, Olsson et al.
-    2022) and ``duplicate`` = A[q, q-p]."""
+    2022) and ``duplicate`` = A[q, q-p].
+    """
     A = pattern.detach().float()
     P = A.shape[-1]
     ent = -(A * torch.log(A.clamp_min(1e-30))).sum(-1)  # [probe, head, q]
@@ -126,15 +131,20 @@ def pattern_scores(pattern: Float[Tensor, "probe head q k"], period: int | None)
 
 
 def eig_positivity(M: FactoredMatrix) -> Float[Tensor, "..."]:
-    """sum(lambda) / sum|lambda| over the eigenvalues of a square (factored) circuit: +1 for a pure copying
-    circuit (Elhage et al. 2021 "A Mathematical Framework", eigenvalue analysis; TransformerLens Main Demo)."""
+    """sum(lambda) / sum|lambda| over the eigenvalues of a square (factored) circuit.
+
+    +1 for a pure copying circuit (Elhage et al. 2021 "A Mathematical Framework", eigenvalue analysis; TransformerLens Main Demo).
+    """
     lam = M.eigenvalues.to(torch.complex128)
     return (lam.sum(-1).real / lam.abs().sum(-1).clamp_min(1e-300)).float()
 
 
 def condensation_scalars(W: Float[Tensor, "neuron d"]) -> dict[str, Tensor]:
-    """``sv``: singular values of W; ``cos_top1`` = lambda_max(C) / n of the neurons' cosine matrix C
-    (1 when all neuron vectors are parallel or antiparallel: full condensation, docs/theory.md §2.2, Part 3)."""
+    """Condensation scalars of neuron vectors (rows of W).
+
+    ``sv``: singular values of W; ``cos_top1`` = lambda_max(C) / n of the neurons' cosine matrix C
+    (1 when all neuron vectors are parallel or antiparallel: full condensation, docs/theory.md §2.2, Part 3).
+    """
     W = W.detach().to(torch.float64)
     n = W.shape[0]
     Wn = W / W.norm(dim=1, keepdim=True).clamp_min(1e-300)
@@ -176,7 +186,8 @@ class CircuitRecorder:
         token_space: also record ``QK_tok``/``OV_tok`` ``[head, d_vocab, d_vocab]``. Default: only for sslens's
             Scan&Snap model (whose token space is its Z and Y). Refused above ``max_token_vocab``.
         token_subset: token ids: token-space circuits restricted to them (``[head, n, n]``).
-        spectra_only: record only spectra and scores (no weights, no patterns).
+        spectra_only: record only spectra and scores (no weights, no patterns; token-space circuits only when
+            explicitly requested).
         patterns: record the probe patterns (their scalar scores are kept either way).
         mlp: ``True``: MLP weights when ``d_model * d_mlp <= 2**20``, else condensation scalars; or
             ``"weights"`` / ``"scalars"``.
@@ -199,7 +210,7 @@ class CircuitRecorder:
         layers: Sequence[int] | None = None,
         heads: Sequence[int] | None = None,
         token_space: bool | None = None,
-        token_subset: Int[Tensor, "n"] | None = None,
+        token_subset: Int[Tensor, " n"] | None = None,
         spectra_only: bool = False,
         patterns: bool = True,
         mlp: bool | str = False,
@@ -227,7 +238,8 @@ class CircuitRecorder:
         self.probe_period = probe_period
         self.step = start_step
         if token_space is None:
-            token_space = getattr(model, "sslens_config", {}).get("kind") == "scan_snap" and token_subset is None
+            token_space = (getattr(model, "sslens_config", {}).get("kind") == "scan_snap" and token_subset is None
+                           and not spectra_only)
         if token_space and token_subset is None:
             big = max(cfg.d_vocab, cfg.d_vocab_out)
             require(big <= max_token_vocab, "token_space", f"d_vocab {big} > max_token_vocab {max_token_vocab}",
@@ -565,8 +577,10 @@ class Recording:
         return SslensError("key", f"no {name!r} in this recording", ", ".join(self.keys()) or "none (no steps)")
 
     def factored(self, name: str, step: int) -> FactoredMatrix:
-        """``blocks.{l}.QK`` (W_Q W_K^T) or ``blocks.{l}.OV`` (W_V W_O) at ``step`` as a FactoredMatrix
-        ``[head, d_model, d_model]`` (a dense old-format circuit is wrapped as ``A @ I``)."""
+        """``blocks.{l}.QK`` (W_Q W_K^T) or ``blocks.{l}.OV`` (W_V W_O) at ``step`` as a FactoredMatrix.
+
+        Shape ``[head, d_model, d_model]`` (a dense old-format circuit is wrapped as ``A @ I``).
+        """
         m = _CIRCUIT.match(name)
         if m is None or name not in self.keys():
             raise self._bad_key(name)
@@ -584,8 +598,10 @@ class Recording:
         return FactoredMatrix(_f32(A), _f32(B))
 
     def get(self, name: str) -> Tensor:
-        """Stack ``name`` over all recorded steps (dim 0 follows ``self.steps``); ``blocks.{l}.QK``/``OV``
-        are materialised dense from the factored weights when not stored."""
+        """Stack ``name`` over all recorded steps (dim 0 follows ``self.steps``).
+
+        ``blocks.{l}.QK``/``OV`` are materialised dense from the factored weights when not stored.
+        """
         if name in self._stored_keys():
             return torch.stack([self._tensor(s, name) for s in self.steps])
         if _CIRCUIT.match(name) and name in self.keys():
@@ -630,9 +646,11 @@ class Recording:
                 f"<table><tr><th>keys</th><th>count</th></tr>{rows}</table></div>")
 
     def to_pandas(self):
-        """Tidy DataFrame (step, layer, head, metric, value) of the scalar per-head quantities: top-1 singular
-        value of QK and OV (``QK.sv1``, ``OV.sv1``), every ``scores.blocks.{l}.*`` per head, MLP condensation
-        scalars (head empty) and ``rel_change.{param}`` (layer from the name, head empty)."""
+        """Tidy DataFrame (step, layer, head, metric, value) of the scalar per-head quantities.
+
+        Top-1 singular value of QK and OV (``QK.sv1``, ``OV.sv1``), every ``scores.blocks.{l}.*`` per head, MLP condensation
+        scalars (head empty) and ``rel_change.{param}`` (layer from the name, head empty).
+        """
         import pandas as pd
 
         wanted = [k for k in self._stored_keys() if k == "meta.heads" or re.match(r"^blocks\.\d+\.(QK|OV)\.sv$", k)

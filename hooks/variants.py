@@ -21,8 +21,10 @@ from sslens.errors import SslensError
 
 
 class FinalValueHookPoint(HookPoint):
-    """A HookPoint that keeps its *final* output -- after every hook on it, user hooks included (any order,
-    ``prepend=True`` too) -- in ``self.sslens_stash[self.sslens_key]`` for a later hook point to consume.
+    """A HookPoint that keeps its *final* output for a later hook point to consume.
+
+    The output after every hook on it, user hooks included (any order,
+    ``prepend=True`` too), is kept in ``self.sslens_stash[self.sslens_key]`` for a later hook point to consume.
 
     TransformerLens runs a HookPoint's hooks in registration order with the permanent ones first, so a
     permanent hook that stashes the value would see it *before* user hooks (patching silently ignored).
@@ -32,6 +34,7 @@ class FinalValueHookPoint(HookPoint):
     sslens_key: str
 
     def __call__(self, *args, **kwargs):
+        """Run the HookPoint (all its hooks) and stash the final value."""
         out = super().__call__(*args, **kwargs)
         self.sslens_stash[self.sslens_key] = out
         return out
@@ -44,8 +47,11 @@ def _keep_final(hp: HookPoint, stash: dict, key: str) -> None:
 
 
 def _replace_input(hp: HookPoint, fn: Callable[[Tensor], Tensor]) -> None:
-    """Make ``fn(x)`` the value that enters ``hp``: a forward *pre*-hook runs before every forward hook
-    (permanent or user, prepended or not), so every hook on ``hp`` sees -- and may patch -- the variant's value."""
+    """Make ``fn(x)`` the value that enters ``hp``.
+
+    A forward *pre*-hook runs before every forward hook
+    (permanent or user, prepended or not), so every hook on ``hp`` sees -- and may patch -- the variant's value.
+    """
 
     def pre(module, args):
         return (fn(args[0]),)
@@ -91,8 +97,11 @@ def no_residual(model: HookedTransformer) -> None:
 
 
 def l2_normalize_output(model: HookedTransformer) -> None:
-    """Decoder input f / ||f||_2 (Scan&Snap, docs/theory.md §1.1): the value entering the last block's
-    ``hook_resid_post`` is normalised (after ``no_residual``'s replacement when both are applied)."""
+    """Decoder input f / ||f||_2 (Scan&Snap, docs/theory.md §1.1).
+
+    The value entering the last block's
+    ``hook_resid_post`` is normalised (after ``no_residual``'s replacement when both are applied).
+    """
 
     def normalize(x: Float[Tensor, "batch pos d_model"]) -> Tensor:
         return x / x.norm(dim=-1, keepdim=True)

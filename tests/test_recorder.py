@@ -4,7 +4,7 @@ Recorded QK/OV equal model.QK/model.OV at that step."""
 
 import datasets
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import FactoredMatrix, HookedTransformer, HookedTransformerConfig
 from transformer_lens.train import HookedTransformerTrainConfig
 from transformer_lens.train import train as tl_train
 from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -74,7 +74,9 @@ def test_b_hand_written_loop_standard_model():
         for layer in range(2):
             assert torch.allclose(recording.get(f"blocks.{layer}.QK")[i], truth[step]["QK"][layer], atol=1e-6)
             assert torch.allclose(recording.get(f"blocks.{layer}.OV")[i], truth[step]["OV"][layer], atol=1e-6)
-            assert torch.allclose(recording.factored(f"blocks.{layer}.QK", step).AB, truth[step]["QK"][layer], atol=1e-6)
+            fm = recording.factored(f"blocks.{layer}.QK", step)
+            assert isinstance(fm, FactoredMatrix) and fm.A.shape == (2, 16, 8)  # [head, d_model, d_head]
+            assert torch.allclose(fm.AB, truth[step]["QK"][layer], atol=1e-6)
         assert r["blocks.1.pattern"].shape == (3, 2, 12, 12)
         assert "blocks.0.QK_tok" not in r  # token space only on request
     assert not torch.allclose(recording.get("blocks.0.QK")[0], recording.get("blocks.0.QK")[-1])

@@ -15,7 +15,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from sslens.errors import SslensError
 from sslens.hooks import CircuitRecorder, Recording
 from sslens.hooks.recorder import condensation_scalars, pattern_scores
-from sslens.store import RunStore, step_file
+from sslens.store import RunStore
 
 
 def tl_model(seed=0, **kw):
@@ -130,6 +130,11 @@ def test_selection_spectra_only_mlp_and_estimated_bytes(tmp_path, capfd):
                                                    / 8**0.5).detach(), atol=1e-5)
     assert torch.equal(sel["blocks.1.mlp.W_in"], model.blocks[1].mlp.W_in.detach())
     df = Recording(tmp_path / "sel").to_pandas()
+    assert list(df.columns) == ["step", "layer", "head", "metric", "value"]
+    ind = df[(df.metric == "induction") & (df["head"] == 0)]
+    assert float(ind.value.iloc[0]) == pytest.approx(float(sel["scores.blocks.1.induction"][1]))
+    rc = df[df.metric == "rel_change.attn.W_Q"]
+    assert sorted(rc["layer"].tolist()) == [0, 1] and rc["head"].isna().all() and (rc.value == 0.0).all()  # at attach
     per_head = df.dropna(subset=["head"])
     assert sorted(per_head["head"].unique().tolist()) == [0, 2] and set(per_head["layer"]) == {1}
     row = df[(df.metric == "QK.sv1") & (df["head"] == 2)]
@@ -158,20 +163,20 @@ def test_old_dense_recordings_load(tmp_path):
     assert torch.allclose(rec.factored("blocks.0.OV", 0).AB, QK + 1)
 
 
-def test_second_recorder_replaces_first_and_lock_held_until_detach(tmp_path):
+def test_second_recorder_replaces_first_and_lock_held_until_detach(tmp_path, monkeypatch):
     model = tl_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     first = CircuitRecorder(model, store=tmp_path, schedule=range(100), verbose=False).attach(opt)
     with pytest.warns(UserWarning, match="already had an attached recorder"):
         second = CircuitRecorder(model, store=tmp_path, schedule=range(100), verbose=False).attach(opt)
     assert first._handle is None and model._sslens_recorder() is second
-    writes = []
+    writes = []  # a spy on sslens's own store (the writes still happen, to real files)
     orig = RunStore.save_recording
-    RunStore.save_recording = lambda self, step, *a, **k: (writes.append(step), orig(self, step, *a, **k))
-    try:
-        train_steps(model, opt, 3)
-    finally:
-        RunStore.save_recording = orig
+    monkeypatch.setattr(RunStore, "save_recording",
+                        lambda self, step, *a, **k: (writes.append(step), orig(self, step, *a, **k)))
+    train_steps(model, opt, 3)
+    monkeypatch.undo()
+    assert Recording(tmp_path).steps == [0, 1, 2, 3]
     assert writes == [1, 2, 3]  # once per step, not twice
     fd = os.open(tmp_path / ".lock", os.O_RDWR)
     try:
@@ -191,7 +196,7 @@ def test_repr_html_and_bad_key(tmp_path):
     text = repr(rec)
     assert len(text) < 600 and "\n" not in text and "1 steps 0..0" in text and "MB/step" in text
     html = rec._repr_html_()
-    assert "<table" in html and "blocks.*.attn.W_Q" in html
+    assert "<table" in html and "blocks.*.attn.W_Q" in html and len(html) < 4000
     assert rec.key_groups()["blocks.*.attn.W_Q"] == 2
     with pytest.raises(SslensError) as e:
         rec.get("blocks.0.qk")
