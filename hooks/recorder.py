@@ -161,6 +161,17 @@ def _factored_parts(a, heads: Tensor) -> dict[str, Tensor]:
             "b_V": _expand_kv(a.b_V, n)[heads], "b_O": a.b_O}
 
 
+def _or_nan(fn: Callable, shape: tuple | None, *inputs: Tensor):
+    """``fn()``, or NaNs of ``shape`` (``None`` when shape is None) when an input is not finite.
+
+    A diverged run has inf/NaN weights, on which SVD and eigendecomposition fail to converge: the recording
+    then shows NaN (and the trainer reports the divergence) instead of crashing in the recorder.
+    """
+    if all(bool(torch.isfinite(t).all()) for t in inputs):
+        return fn()
+    return None if shape is None else torch.full(shape, float("nan"))
+
+
 def _f32(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
@@ -292,12 +303,15 @@ class CircuitRecorder:
                 for name, t in parts.items():
                     rec[f"blocks.{l}.attn.{name}"] = t
             W_Q, W_K, W_V, W_O = (_f32(parts[n]) for n in ("W_Q", "W_K", "W_V", "W_O"))
-            rec[f"blocks.{l}.QK.sv"] = FactoredMatrix(W_Q, W_K.transpose(-1, -2)).S[..., :k]
-            rec[f"blocks.{l}.OV.sv"] = FactoredMatrix(W_V, W_O).S[..., :k]
+            H = W_Q.shape[0]
+            rec[f"blocks.{l}.QK.sv"] = _or_nan(lambda: FactoredMatrix(W_Q, W_K.transpose(-1, -2)).S[..., :k], (H, k), W_Q, W_K)
+            rec[f"blocks.{l}.OV.sv"] = _or_nan(lambda: FactoredMatrix(W_V, W_O).S[..., :k], (H, k), W_V, W_O)
             # eigenvalues of W_E W_Q W_K^T W_E^T = those of the d_head x d_head matrix W_K^T (W_E^T W_E) W_Q
-            rec[f"scores.blocks.{l}.qk_eig"] = eig_positivity(FactoredMatrix(W_Q, W_K.transpose(-1, -2) @ G_E))
+            rec[f"scores.blocks.{l}.qk_eig"] = _or_nan(
+                lambda: eig_positivity(FactoredMatrix(W_Q, W_K.transpose(-1, -2) @ G_E)), (H,), W_Q, W_K, G_E)
             if square:  # W_E W_V W_O W_U: same nonzero eigenvalues as W_O (W_U W_E) W_V
-                rec[f"scores.blocks.{l}.ov_eig"] = eig_positivity(FactoredMatrix(W_V, W_O @ M_UE))
+                rec[f"scores.blocks.{l}.ov_eig"] = _or_nan(
+                    lambda: eig_positivity(FactoredMatrix(W_V, W_O @ M_UE)), (H,), W_V, W_O, M_UE)
             if self.token_space or self.token_subset is not None:
                 rec.update(self._token_space(l, W_Q, W_K, W_V, W_O, a.attn_scale))
             if self.mlp is not None:
@@ -353,7 +367,12 @@ class CircuitRecorder:
             return {f"blocks.{l}.mlp.{n}": W for n, W in mats.items()}
         out = {}
         for n, W in mats.items():  # neuron vectors: columns of W_in/W_gate, rows of W_out
-            for s, v in condensation_scalars(W.T if n != "W_out" else W).items():
+            V = W.T if n != "W_out" else W
+            k = min(V.shape)
+            got = _or_nan(lambda: condensation_scalars(V), None, V)
+            if got is None:
+                got = {"sv": torch.full((k,), float("nan")), "cos_top1": torch.tensor(float("nan"))}
+            for s, v in got.items():
                 out[f"scores.blocks.{l}.mlp.{n}.{s}"] = v
         return out
 

@@ -211,3 +211,15 @@ def test_bf16_model_records_in_its_dtype():
     assert r["blocks.0.attn.W_Q"].dtype == torch.bfloat16 and r["blocks.0.QK.sv"].dtype == torch.float32
     QK = model.QK.AB[0].detach().float()
     assert torch.allclose(r["blocks.0.QK.sv"], torch.linalg.svdvals(QK)[:, :8], rtol=1e-2, atol=1e-3)
+
+
+def test_diverged_weights_record_nan_spectra_not_a_crash():
+    model = tl_model()
+    with torch.no_grad():
+        model.blocks[1].attn.W_Q[0, 0, 0] = float("inf")
+        model.blocks[0].mlp.W_in[0, 0] = float("nan")
+    r = CircuitRecorder(model, verbose=False, mlp="scalars").record(0)
+    assert torch.isnan(r["blocks.1.QK.sv"]).all() and torch.isnan(r["scores.blocks.1.qk_eig"]).all()
+    assert torch.isnan(r["scores.blocks.0.mlp.W_in.cos_top1"]) and r["scores.blocks.0.mlp.W_in.sv"].shape == (16,)
+    ok = torch.linalg.svdvals(model.OV.AB[1].detach().double())[:, :8].float()  # untouched circuits still exact
+    assert torch.allclose(r["blocks.1.OV.sv"], ok, atol=1e-5)
