@@ -63,10 +63,11 @@ def binary_config(steps: int, eps: float = 0.03, seed: int = 0, batch: int = 102
     )
 
 
-def theory_config(steps: int, act: str, init_attn: float, init_outer: float, seed: int = 0) -> TrainConfig:
+def theory_config(steps: int, act: str, init_attn: float, init_outer: float, seed: int = 0, n_train: int = N_TRAIN,
+                  every: int = 10) -> TrainConfig:
     """Stage 2 in its regime: full-batch GD on a fixed training set, separate init scales."""
-    return binary_config(steps, eps=init_outer, seed=seed, batch=N_TRAIN, lr=THEORY_LR, init_attn=init_attn,
-                         init_outer=init_outer, act=act, n_train=N_TRAIN)
+    return binary_config(steps, eps=init_outer, seed=seed, batch=n_train, lr=THEORY_LR, init_attn=init_attn,
+                         init_outer=init_outer, act=act, n_train=n_train, every=every)
 
 
 def _run(cfg: TrainConfig, d: Path, quiet: bool) -> Path:
