@@ -14,10 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 

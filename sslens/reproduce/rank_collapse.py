@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sslens.commands.args import positive_float, positive_int
+from sslens.argtypes import positive_float, positive_int
 from sslens.models.rank_collapse import rank_collapse_config
 from sslens.store import RunStore
 from sslens.train import TrainConfig, train
