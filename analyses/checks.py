@@ -52,7 +52,7 @@ def validate(row: dict) -> dict:
 
 
 def provenance(seeds: list[int] | None = None, **extra) -> dict:
-    """sslens / TransformerLens / torch versions, the git commit of the sslens checkout if any, seeds."""
+    """Sslens / TransformerLens / torch versions, the git commit of the sslens checkout if any, seeds."""
     from importlib.metadata import PackageNotFoundError, version
 
     def ver(pkg):
@@ -87,6 +87,7 @@ def write_checks(out_dir, rows: list[dict], provenance: dict) -> Path:
 
 
 def read_checks(path) -> dict:
+    """The ``checks.json`` of a reproduction (a directory or the file); a missing file raises one line."""
     import json
 
     p = Path(path)
@@ -97,6 +98,7 @@ def read_checks(path) -> dict:
 
 
 def by_id(checks: dict) -> dict[str, dict]:
+    """The rows of a ``read_checks`` result keyed by their stable id."""
     return {r["id"]: r for r in checks["checks"]}
 
 

@@ -1,5 +1,6 @@
-"""Attention-entropy lower bound of Zhai et al. 2023 (ICML, "Stabilizing Transformer Training by Preventing
-Attention Entropy Collapse", Thm 3.1), bound and measured entropy per head.
+"""Attention-entropy lower bound of Zhai et al. 2023, Thm 3.1 (docs/theory.md §3.4), and measured entropy per head.
+
+Zhai et al. (ICML 2023), "Stabilizing Transformer Training by Preventing Attention Entropy Collapse".
 
 Thm 3.1 (as we apply it): for logits z in R^T whose spread ||z - mean(z)||_2 is at most sigma,
 
@@ -12,8 +13,11 @@ visible to query q, z - mean(z) = X_c W_K W_Q^T x_q / attn_scale with X_c the ce
 
     sigma <= ||W_Q W_K^T||_2 ||x_q||_2 ||X_c||_2 / attn_scale        ("sigma times the input norms"),
 
-and h_T is decreasing, so h_T of that product bounds the measured entropy of every query. The paper
-states the bound with sigma = ||W_K^T W_Q||_2 for unit-norm inputs; we carry the measured norms.
+and h_T is decreasing, so h_T of that product bounds the measured entropy of every query (``bound``).
+docs/theory.md (3.4.1)-(3.4.2) state it with S = ||W_K W_Q^T||_2 ||X X^T||_2 (all T tokens, unmasked;
+transcribed there from a secondary summary of the paper): since ||x_q|| ||X_c||_2 <= ||X||_2^2 that S is
+larger and its bound (``bound_paper``, over the keys visible to each causal query) is looser; both are
+reported. Same function h: (3.4.2) is h_T(S) written with (T-1) beta = S sqrt(T (T-1)).
 Heads are refused as in ``qk_gradient.check_head_form`` (rotary, biases, split inputs).
 """
 
@@ -27,6 +31,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from sslens.analyses.qk_gradient import _attn_input_name, check_head_form, qk_product
+from sslens.errors import require
 
 
 def entropy_lower_bound(sigma: Float[Tensor, "..."] | float, T: Int[Tensor, "..."] | int) -> Tensor:
@@ -41,7 +46,7 @@ def entropy_lower_bound(sigma: Float[Tensor, "..."] | float, T: Int[Tensor, "...
     return torch.where(T <= 1, torch.zeros_like(h), h)
 
 
-def extremal_logits(sigma: float, T: int) -> Float[Tensor, "T"]:
+def extremal_logits(sigma: float, T: int) -> Float[Tensor, " T"]:
     """The tight case: centred logits of norm sigma with one entry high and T-1 equal."""
     z = torch.full((T,), -sigma / math.sqrt(T * (T - 1)), dtype=torch.float64)
     z[0] = sigma * math.sqrt((T - 1) / T)
@@ -57,17 +62,26 @@ def entropy(p: Float[Tensor, "... k"]) -> Float[Tensor, "..."]:
 def head_entropy_bounds(model: HookedTransformer, tokens: Int[Tensor, "batch pos"]) -> dict:
     """Measured attention entropy and the Thm 3.1 bound for every layer, head, sequence and query.
 
-    Returns ``{"entropy", "bound", "sigma"}`` each [layer, batch, head, query] (float64)."""
+    Returns ``{"entropy", "bound", "sigma", "bound_paper"}``, each [layer, batch, head, query] (float64):
+    ``bound`` uses the per-query spread bound of the module docstring, ``bound_paper`` the paper's
+    S = ||W_Q W_K^T||_2 ||X X^T||_2 / attn_scale over the visible keys (looser: bound_paper <= bound).
+    """
     check_head_form(model)
+    cfg = model.cfg
+    require(not getattr(cfg, "use_attention_sinks", False), "use_attention_sinks", "rows sum to less than 1", "False")
+    require("local" not in (getattr(cfg, "attn_types", None) or []), "attn_types", "local attention windows",
+            "global attention")
     names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
     names += [_attn_input_name(model, l) for l in range(model.cfg.n_layers)]
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
     QK = qk_product(model)  # [layer, head, d, d]
     qk_norm = torch.linalg.matrix_norm(QK, ord=2)  # [layer, head]
-    ent, bnd, sig = [], [], []
+    ent, bnd, sig, pap = [], [], [], []
     n = tokens.shape[1]
-    causal = torch.tril(torch.ones(n, n, dtype=torch.bool))
+    causal = torch.ones(n, n, dtype=torch.bool)
+    if cfg.attention_dir == "causal":
+        causal = torch.tril(causal)
     T = causal.sum(-1)  # keys visible to each query
     for l in range(model.cfg.n_layers):
         pat = cache[f"blocks.{l}.attn.hook_pattern"].double()  # [b, h, q, k]
@@ -78,11 +92,16 @@ def head_entropy_bounds(model: HookedTransformer, tokens: Int[Tensor, "batch pos
         xc = (x[:, None, :, :] - mean) * causal[None, :, :, None]
         xc_norm = torch.linalg.matrix_norm(xc, ord=2)  # [b, q]
         xq = x.norm(dim=-1)  # [b, q]
-        s = qk_norm[l][None, :, None] * (xq * xc_norm)[:, None, :] / float(model.blocks[l].attn.attn_scale)
+        scale = float(model.blocks[l].attn.attn_scale)
+        s = qk_norm[l][None, :, None] * (xq * xc_norm)[:, None, :] / scale
         sig.append(s)
         bnd.append(entropy_lower_bound(s, T[None, None, :]))
+        # the paper's S = sigma ||X X^T||_2 over the visible keys (docs/theory.md (3.4.1)); >= our s
+        xv_norm2 = torch.linalg.matrix_norm(xm, ord=2) ** 2  # [b, q]
+        pap.append(entropy_lower_bound(qk_norm[l][None, :, None] * xv_norm2[:, None, :] / scale, T[None, None, :]))
         ent.append(entropy(pat))
-    return {"entropy": torch.stack(ent), "bound": torch.stack(bnd), "sigma": torch.stack(sig)}
+    return {"entropy": torch.stack(ent), "bound": torch.stack(bnd), "sigma": torch.stack(sig),
+            "bound_paper": torch.stack(pap)}
 
 
 def entropy_series(series, tokens: Tensor, progress: bool = False) -> dict:

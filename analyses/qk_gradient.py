@@ -5,11 +5,12 @@ S = x W_Q W_K^T x^T / attn_scale, the force on the product A = W_Q W_K^T is
 
     G = -dL/dA = -(1/attn_scale) sum_{b,q,k} dL/dS[b,h,q,k] x[b,q]^T x[b,k],
 
-with dL/dS by autograd on the user's batch (the scores are replaced by a detached leaf in
-``hook_attn_scores``, so no parameter gradient is formed). On the [CR] model while the attention is
+with dL/dS by autograd on the user's batch: ``hook_attn_scores`` adds a zero probe whose gradient is
+dL/dS (the graph through the scores stays intact, so a layer's G includes every path through later
+layers' attention patterns; no parameter ``.grad`` is touched). On the [CR] model while the attention is
 small, G equals the closed-form F of §2.3 (``sslens.theory.rank_collapse.stage2_F``): a test checks it.
 Refused with one line: rotary/alibi/shortformer positions, nonzero b_Q/b_K, split or per-head inputs,
-score soft-capping.
+QK normalisation, grouped keys, score soft-capping.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def check_head_form(model: HookedTransformer) -> None:
                           "standard (absolute or no positions)")
     for flag in ("use_split_qkv_input", "use_attn_in"):
         require(not getattr(cfg, flag, False), flag, "per-head attention inputs", "False")
+    require(not getattr(cfg, "use_qk_norm", False), "use_qk_norm", "normalised queries/keys are not x W_Q W_K^T x^T",
+            "False")
+    kv = getattr(cfg, "n_key_value_heads", None)
+    require(kv in (None, cfg.n_heads), "n_key_value_heads", f"grouped keys ({kv} for {cfg.n_heads} heads)",
+            "None (one W_K per head)")
     require(not (getattr(cfg, "attn_scores_soft_cap", -1.0) or -1.0) > 0, "attn_scores_soft_cap", "soft-capped scores",
             "no soft cap")
     for l, block in enumerate(model.blocks):
@@ -49,18 +55,21 @@ def _attn_input_name(model: HookedTransformer, layer: int) -> str:
 
 def qk_gradient(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], targets: Tensor | None = None,
                 loss_fn: Callable | None = None, layers: list[int] | None = None) -> Float[Tensor, "layer head d_model d_model"]:
-    """G = -dL/d(W_Q W_K^T) per layer and head (module docstring). ``loss_fn(logits)`` or
-    ``loss_fn(logits, targets)``; default next-token CE over every position."""
+    """G = -dL/d(W_Q W_K^T) per layer and head, by autograd on ``tokens`` (docs/theory.md §2.3, (2.3.4)).
+
+    ``loss_fn(logits)`` or ``loss_fn(logits, targets)``; default next-token CE over every position.
+    """
     check_head_form(model)
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
-    require(all(0 <= l < model.cfg.n_layers for l in layers), "layers", f"got {layers}", f"indices in 0..{model.cfg.n_layers - 1}")
+    n = model.cfg.n_layers
+    require(all(0 <= l < n for l in layers), "layers", f"got {layers}", f"indices in 0..{n - 1}")
     leaves: dict[int, Tensor] = {}
     xs: dict[int, Tensor] = {}
 
     def score_hook(layer):
         def hook(s: Tensor, hook) -> Tensor:
-            leaves[layer] = s.detach().clone().requires_grad_(True)
-            return leaves[layer]
+            leaves[layer] = torch.zeros_like(s, requires_grad=True)  # a zero probe: dL/dprobe = dL/dS
+            return s + leaves[layer]
         return hook
 
     def input_hook(layer):
@@ -105,8 +114,10 @@ def alignment(A: Float[Tensor, "... d d"], G: Float[Tensor, "... d d"]) -> Float
 
 def alignment_series(series, tokens: Tensor, targets: Tensor | None = None, loss_fn: Callable | None = None,
                      layers: list[int] | None = None, progress: bool = False) -> dict:
-    """cos(W_Q W_K^T, u1 v1^T of G) per checkpoint, layer and head, over a ``sslens.checkpoints.Series``
-    (or any object with ``steps`` and ``load(step) -> HookedTransformer``)."""
+    """cos(W_Q W_K^T, u1 v1^T of G) per checkpoint, layer and head.
+
+    ``series``: a ``sslens.checkpoints.Series`` or any object with ``steps`` and ``load(step) -> HookedTransformer``.
+    """
     from tqdm.auto import tqdm
 
     rows = {"steps": [], "cos": [], "norm_QK": [], "sigma1_G": []}

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from sslens.analyses.checks import read_checks, validate, write_checks, provenance, table_rows
+from sslens.analyses.checks import provenance, read_checks, table_rows, validate, write_checks
 from sslens.analyses.rank_collapse import stage2
 from sslens.errors import SslensError
 from sslens.models.rank_collapse import rank_collapse

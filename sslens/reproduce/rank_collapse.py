@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from sslens.argtypes import positive_float, positive_int
 from sslens.models.rank_collapse import rank_collapse_config
 from sslens.store import RunStore
 from sslens.train import TrainConfig, train
@@ -33,21 +32,6 @@ N_TRAIN = 1024
 THEORY_LR = 2.0
 TOL = {"alignment_tanh": 0.95, "alignment_noact": 0.98, "growth": 0.20, "decay": 0.30, "leave": 0.25,
        "attn_small": 0.01, "outer_angle": 0.1}
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--steps", type=positive_int, default=600, help="steps of each stage-2 (binary-task) run")
-    p.add_argument("--init-attn", type=positive_float, default=1e-5, help="init std of W_Q, W_K (theory regime)")
-    p.add_argument("--init-outer", type=positive_float, default=0.03, help="init std of W_V, W1, W2")
-    p.add_argument("--seeds", type=positive_int, default=1, help="seeds of the stage-2 runs (intervals over seeds)")
-    p.add_argument("--anchor-steps", type=positive_int, default=300, help="steps of each anchor-task run")
-    p.add_argument("--d-model", type=positive_int, default=128, help="anchor-task width (paper: 640)")
-    p.add_argument("--anchor-seeds", type=positive_int, default=2, help="seeds of the anchor runs (error bars)")
-    p.add_argument("--scale", choices=("small", "paper"), default="small",
-                   help="paper: anchor runs at d_model 640, d_ff 1280, batch 1000 (GPU when torch sees one)")
-    p.add_argument("--skip-anchor", action="store_true", help="leave out the anchor-task runs")
-    p.add_argument("--quiet", action="store_true")
 
 
 def binary_config(steps: int, eps: float = 0.03, seed: int = 0, batch: int = 1024, every: int = 10, dtype="float64",
@@ -199,12 +183,12 @@ def stage1_rows(m: dict, run: str) -> list[dict]:
 
 
 def run(a: argparse.Namespace) -> int:
+    import torch
+
     from sslens.analyses.checks import provenance, table_rows, write_checks
     from sslens.analyses.rank_collapse import population_alignment, stage2, stage_metrics
     from sslens.analyses.report import Report
     from sslens.store import atomic_write_json
-
-    import torch
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
