@@ -113,7 +113,8 @@ def stage2_rows(ms: list[dict], runs: list[str], act: str) -> list[dict]:
     row(f"cr.stage2.alignment{sfx}", "Thm 3: cos(W_Q W_K^T, u1 v1^T of F(t)) at the end of stage 2 (t_end = last "
         f"checkpoint with score spread < {ms[0]['delta']})", [m["cos_QK_F"][m["i_end"]] for m in ms], 1.0, f">= {goal}",
         lambda x: x >= goal)
-    row(f"cr.stage2.growth_rate{sfx}", "Thm 3: d ln||W_Q||_F / d(lr x step) over the growth window / sigma1(F)",
+    why = " (F of (2.3.2) drops tanh': compare cr.stage2.growth_rate_G)" if act == "tanh" else ""
+    row(f"cr.stage2.growth_rate{sfx}", f"Thm 3: d ln||W_Q||_F / d(lr x step) over the growth window / sigma1(F){why}",
         [m["growth_rate"] / m["sigma1_window"] for m in ms], 1.0, f"within {TOL['growth']:.0%}",
         lambda x: abs(x - 1) <= TOL["growth"])
     if act == "tanh":
@@ -123,7 +124,8 @@ def stage2_rows(ms: list[dict], runs: list[str], act: str) -> list[dict]:
     row(f"cr.stage2.misalignment_decay{sfx}", "decay rate of sqrt(1 - cos^2) per lr x step / (sigma1 - sigma2 of F)",
         [m["misalignment_decay"] / m["sigma_gap_window"] for m in ms], 1.0, f"within {TOL['decay']:.0%}",
         lambda x: abs(x - 1) <= TOL["decay"])
-    row(f"cr.stage2.leave_time{sfx}", "time to leave the small regime (lr x steps, t1..t_end) / (ln(1/eps_attn) / sigma1)",
+    row(f"cr.stage2.leave_time{sfx}", "time to leave the small regime (lr x steps, t1..t_end) / (ln(1/eps_attn) / sigma1(F))"
+        + why.replace("growth_rate_G", "leave_time_G"),
         [m["t_leave"] / m["t_leave_pred"] for m in ms], 1.0, f"within {TOL['leave']:.0%}", lambda x: abs(x - 1) <= TOL["leave"])
     if act == "tanh":
         row("cr.stage2.leave_time_G", "time to leave the small regime / (ln(1/eps_attn) / sigma1(G)), G by autograd",
