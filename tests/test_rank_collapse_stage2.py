@@ -105,3 +105,16 @@ def test_separate_init_scales_and_no_activation(gen):
     with pytest.raises(SslensError) as e:
         rank_collapse(d=8, init_attn=-1.0)
     assert e.value.field == "init_attn"
+
+
+def test_rows_over_seeds_carry_median_interval_and_run_lists(theory_run):
+    """Several seeds: the measured value is the median, the interval [min, max], run/step are lists."""
+    _, m = theory_run
+    m2 = {**m, "cos_QK_F": [c * 0.5 for c in m["cos_QK_F"]]}
+    m3 = {**m, "cos_QK_F": [c * 0.9 for c in m["cos_QK_F"]]}
+    rows = {r["id"]: r for r in stage2_rows([m, m2, m3], ["a", "b", "c"], "tanh")}
+    r = rows["cr.stage2.alignment"]
+    c = m["cos_QK_F"][m["i_end"]]
+    assert r["measured"] == pytest.approx(0.9 * c) and r["interval"] == pytest.approx([0.5 * c, c])
+    assert r["n_seeds"] == 3 and r["run"] == ["a", "b", "c"] and r["step"] == [m["t_end"]] * 3
+    assert r["pass"] == (0.9 * c >= 0.95)
