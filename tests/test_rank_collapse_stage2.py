@@ -102,9 +102,10 @@ def test_separate_init_scales_and_no_activation(gen):
     with pytest.raises(SslensError) as e:
         rank_collapse(d=8, act="relu")
     assert e.value.field == "act"
-    with pytest.raises(SslensError) as e:
-        rank_collapse(d=8, init_attn=-1.0)
-    assert e.value.field == "init_attn"
+    for bad in (-1.0, float("nan"), 1e308):
+        with pytest.raises(SslensError) as e:
+            rank_collapse(d=8, init_attn=bad)
+        assert e.value.field == "init_attn"
 
 
 def test_rows_over_seeds_carry_median_interval_and_run_lists(theory_run):

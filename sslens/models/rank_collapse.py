@@ -84,7 +84,8 @@ def rank_collapse(*, d: int = 32, d_vocab: int = 201, head: str = "vocab", d_ff:
     choice(head, "head", HEADS)
     choice(act, "act", ACTS)
     for name, val in (("init_attn", init_attn), ("init_outer", init_outer)):
-        require(val is None or (isinstance(val, (int, float)) and val > 0), name, f"got {val!r}", "None or a std > 0")
+        require(val is None or (isinstance(val, (int, float)) and 0 < val <= 10), name, f"got {val!r}",
+                "None or a std in (0, 10]")
     choice(dtype, "dtype", tuple(DTYPES))
     require(isinstance(d, int) and d >= 2, "d", f"got {d!r}", "an int >= 2")
     d_ff = d_ff or (d if head == "scalar" else 2 * d)
