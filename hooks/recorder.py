@@ -26,8 +26,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 from torch.optim.optimizer import register_optimizer_step_post_hook
-from transformer_lens import HookedTransformer
-
+from sslens import compat
+from sslens.compat import HookedModel as HookedTransformer  # the installed line's model class
 from sslens.schedule import log_schedule
 from sslens.store import RunStore
 
@@ -48,7 +48,7 @@ def circuits(model: HookedTransformer, token_space: bool = True) -> dict[str, Te
         out[f"blocks.{l}.QK"] = QK
         out[f"blocks.{l}.OV"] = OV
         if token_space:
-            out[f"blocks.{l}.QK_tok"] = einops.einsum(W_E, QK, W_E, "s m, h m n, t n -> h s t") / a.attn_scale
+            out[f"blocks.{l}.QK_tok"] = einops.einsum(W_E, QK, W_E, "s m, h m n, t n -> h s t") / compat.attn_scale(model, l)
             out[f"blocks.{l}.OV_tok"] = einops.einsum(W_E, OV, model.W_U, "s m, h m n, n v -> h s v")
     return out
 

@@ -12,9 +12,10 @@ from typing import Callable
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
+from sslens.compat import HookedModel as HookedTransformer  # the installed line's model class
+from sslens.compat import mask_attention
 from sslens.errors import SslensError
 
 
@@ -25,16 +26,14 @@ def no_self_attention(model: HookedTransformer) -> None:
     this keeps every softmax row finite.
     """
 
-    def hook(scores: Float[Tensor, "batch head q k"], hook: HookPoint) -> Tensor:
-        q, k = scores.shape[-2:]
+    def self_mask(q: int, k: int, device: torch.device) -> Tensor:
         off = k - q  # key offset (kv cache); 0 in training
-        eye = torch.zeros(q, k, dtype=torch.bool, device=scores.device)
-        idx = torch.arange(1, q, device=scores.device)
+        eye = torch.zeros(q, k, dtype=torch.bool, device=device)
+        idx = torch.arange(1, q, device=device)
         eye[idx, idx + off] = True
-        return scores.masked_fill(eye, float("-inf"))
+        return eye
 
-    for block in model.blocks:
-        block.attn.hook_attn_scores.add_perma_hook(hook)
+    mask_attention(model, self_mask)
 
 
 def no_residual(model: HookedTransformer) -> None:
