@@ -81,7 +81,9 @@ def build_from_config(cfg: dict) -> Any:
     cfg.setdefault("act_fn", "relu")
     if cfg.get("act_fn") is None:  # attn-only 3.x configs say act_fn=None; 4.x wants a name
         cfg["act_fn"] = "relu"
-    model = TransformerBridge.boot_native(TransformerBridgeConfig(**cfg), model_name=name)
+    # boot_native builds in float32 on the default device unless told: pass the config's dtype and device
+    model = TransformerBridge.boot_native(TransformerBridgeConfig(**cfg), model_name=name, dtype=cfg.get("dtype"),
+                                          device=cfg.get("device"))
     if not use_scale:
         set_attn_scale(model, 1.0)
     elif scale is not None and scale > 0:
