@@ -219,6 +219,21 @@ def state_dict_3x(model: Any) -> dict[str, Tensor]:
     return {n: t.detach().contiguous() for n, t in params(model).items()}
 
 
+def layout_3x(model: Any, name: str, t: Tensor) -> Tensor:
+    """``t`` shaped like the parameter holding 3.x ``name`` (e.g. its Adam ``exp_avg``) in the 3.x layout."""
+    if TL_MAJOR < 4:
+        return t
+    key = _bridge_entries(model)[name][0]
+    return _to3(key, t, model.cfg)[1].contiguous()
+
+
+def layout_native(model: Any, name: str, t: Tensor) -> Tensor:
+    """The inverse of :func:`layout_3x`: a 3.x-layout tensor shaped like the installed line's parameter."""
+    if TL_MAJOR < 4:
+        return t
+    return next(iter(to_bridge_state_dict({name: t}, model.cfg).values())).contiguous()
+
+
 def to_bridge_state_dict(sd: dict[str, Tensor], cfg: Any) -> dict[str, Tensor]:
     """A 3.x state dict in 4.x keys and layouts (``convert_tl_checkpoint``); 4.x only."""
     from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
