@@ -58,8 +58,9 @@ def __getattr__(name: str) -> Any:
 
 # -- building ---------------------------------------------------------------------------------------
 def build_from_config(cfg: dict) -> Any:
-    """A model from ``HookedTransformerConfig`` fields: ``HookedTransformer(cfg)`` on 3.x,
-    ``TransformerBridge.boot_native(TransformerBridgeConfig(...))`` on 4.x.
+    """A model from ``HookedTransformerConfig`` fields (``boot_native`` on 4.x).
+
+    ``HookedTransformer(cfg)`` on 3.x, ``TransformerBridge.boot_native(TransformerBridgeConfig(...))`` on 4.x.
 
     On 4.x ``use_attn_scale=False`` / ``attn_scale`` are applied after booting (4.3 ignores the first
     and refuses ``attn_scale=1.0``); ``model_name`` becomes ``boot_native``'s name.

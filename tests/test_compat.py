@@ -1,0 +1,151 @@
+"""sslens.compat on whichever TransformerLens line is installed (3.9 in .venv, 4.3 in .venv4; `make test4`).
+
+The 3.x <-> 4.x translation is checked against TransformerLens's own pieces: the models' ``W_Q``...
+properties, 4.x's ``convert_tl_checkpoint``, and weights/logits saved on 3.9 (tests/data/tl3_models.safetensors).
+"""
+
+import math
+from importlib.metadata import version
+
+import einops
+import pytest
+import torch
+from safetensors import safe_open
+
+from sslens import compat
+from sslens.hooks import CircuitRecorder
+from sslens.models import build
+from sslens.models.rank_collapse import rank_collapse_config, small_init_lm_config
+from sslens.models.scan_snap import scan_snap_config
+from sslens.models.standard import standard_config
+
+pytestmark = pytest.mark.tl4
+
+FIXTURE = "tests/data/tl3_models.safetensors"
+CASES = [rank_collapse_config(d=8, d_vocab=20, head="scalar", n_ctx=6), rank_collapse_config(d=8, d_vocab=20, n_ctx=6),
+         small_init_lm_config(d_model=8, d_ff=16, d_vocab=20, n_ctx=6), standard_config(20, d_model=8, d_mlp=16, n_ctx=6, pos=False),
+         standard_config(20, n_heads=2, d_model=8, d_mlp=16, n_ctx=6), scan_snap_config(7, n_ctx=6, init="random")]
+FIELDS = dict(n_layers=2, n_heads=2, d_model=6, d_head=3, d_mlp=8, d_vocab=5, d_vocab_out=3, n_ctx=6,
+              normalization_type="LN", act_fn="gelu", dtype=torch.float64, device="cpu", seed=0)
+
+
+def probe_tokens(cfg):
+    V = cfg.get("d_vocab") or cfg.get("M")
+    return torch.randint(0, V, (3, 6), generator=torch.Generator().manual_seed(11))
+
+
+def test_line_is_the_installed_distribution():
+    assert compat.TL_MAJOR == int(version("transformer-lens").split(".")[0])
+    model = compat.build_from_config(FIELDS)
+    assert compat.is_hooked_model(model) and not compat.is_hooked_model(torch.nn.Linear(2, 2))
+    assert type(model).__name__ == ("HookedTransformer" if compat.TL_MAJOR < 4 else "TransformerBridge")
+
+
+def test_params_are_the_models_own_3x_properties():
+    """params() in 3.x names/layouts equals TransformerLens's W_Q/W_O/W_in/W_U/... properties, and writes go through."""
+    model = compat.build_from_config(FIELDS)
+    P = compat.params(model)
+    for l in range(2):
+        a = model.blocks[l].attn
+        for n in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"):
+            assert torch.equal(P[f"blocks.{l}.attn.{n}"], getattr(a, n)), n
+        assert torch.equal(P[f"blocks.{l}.mlp.W_in"], model.blocks[l].mlp.W_in)
+        assert torch.equal(P[f"blocks.{l}.mlp.W_out"], model.blocks[l].mlp.W_out)
+    for n, t in (("embed.W_E", model.W_E), ("pos_embed.W_pos", model.W_pos), ("unembed.W_U", model.W_U)):
+        assert torch.equal(P[n], t), n
+    assert list(P)[:4] == ["embed.W_E", "pos_embed.W_pos", "blocks.0.ln1.w", "blocks.0.ln1.b"]  # HookedTransformer's order
+    with torch.no_grad():
+        P["blocks.1.attn.W_Q"][1, 2, 0] = 7.0
+    assert model.blocks[1].attn.W_Q[1, 2, 0].item() == 7.0
+    assert torch.allclose(model.QK.AB[1, 1], model.blocks[1].attn.W_Q[1] @ model.blocks[1].attn.W_K[1].T)
+    # every 3.x name is a real parameter or (4.x) the unembedding bias buffer
+    assert set(compat.leaves(model)) <= set(P) and set(P) - set(compat.leaves(model)) <= {"unembed.b_U"}
+    assert set(compat.name_map(model)) == set(compat.leaves(model))
+
+
+@pytest.mark.parametrize("kv", [None, 1])
+def test_state_dict_3x_inverts_convert_tl_checkpoint(kv):
+    if compat.TL_MAJOR < 4:
+        pytest.skip("convert_tl_checkpoint and bridge layouts exist on TransformerLens 4.x only")
+    model = compat.build_from_config({**FIELDS, "n_key_value_heads": kv})
+    sd3 = compat.state_dict_3x(model)
+    assert ("blocks.0.attn._W_K" in sd3) == (kv is not None)  # 3.x names grouped-query K/V with a leading "_"
+    back = compat.to_bridge_state_dict(sd3, model.cfg)
+    own = model.state_dict()
+    assert set(back) == set(own) and all(torch.equal(back[k], own[k]) for k in own)
+    # and loading it into a fresh model reproduces the logits
+    other = compat.build_from_config({**FIELDS, "n_key_value_heads": kv, "seed": 1})
+    x = torch.randint(0, 5, (2, 6), generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(other(x), model(x))
+    compat.load_state_dict_3x(other, sd3)
+    assert torch.equal(other(x), model(x))
+
+
+@pytest.mark.parametrize("i", range(len(CASES)))
+def test_sslens_models_equal_the_ones_saved_on_3x(i):
+    """The same seed gives bitwise the same initial weights as TransformerLens 3.9, and the same logits."""
+    cfg = CASES[i]
+    model = build(cfg, generator=torch.Generator().manual_seed(3))
+    got = compat.state_dict_3x(model)
+    with safe_open(FIXTURE, "pt") as f:
+        ref = {k[len(f"{i}.model."):]: f.get_tensor(k) for k in f.keys() if k.startswith(f"{i}.model.")}
+        logits = f.get_tensor(f"{i}.logits")
+    assert set(got) == set(ref)
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+    assert torch.allclose(model(probe_tokens(cfg)), logits, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("use", [True, False])
+def test_attention_scale_is_what_the_scores_are_divided_by(use):
+    fields = {**FIELDS, "normalization_type": None, "use_attn_scale": use}
+    model = compat.build_from_config(fields)
+    scale = compat.attn_scale(model, 1)
+    assert scale == (math.sqrt(3) if use else 1.0)
+    x = torch.randint(0, 5, (2, 6), generator=torch.Generator().manual_seed(0))
+    _, cache = model.run_with_cache(x)
+    r = cache["blocks.1.hook_resid_pre"]  # no LayerNorm: the attention input
+    P = compat.params(model)
+    q = einops.einsum(r, P["blocks.1.attn.W_Q"], "b p m, h m d -> b h p d") + P["blocks.1.attn.b_Q"][:, None]
+    k = einops.einsum(r, P["blocks.1.attn.W_K"], "b p m, h m d -> b h p d") + P["blocks.1.attn.b_K"][:, None]
+    s = (q @ k.transpose(-1, -2) / scale).masked_fill(torch.ones(6, 6, dtype=torch.bool).triu(1), float("-inf"))
+    assert torch.allclose(cache["pattern", 1], torch.softmax(s, -1), atol=1e-10)
+
+
+def _user_model():
+    """A model built the installed line's own way, without sslens: boot_native on 4.x, HookedTransformer on 3.x."""
+    if compat.TL_MAJOR >= 4:
+        from transformer_lens import TransformerBridgeConfig
+        from transformer_lens.model_bridge import TransformerBridge
+        from transformer_lens.model_bridge.sources import native  # noqa: F401
+
+        cfg = {k: v for k, v in FIELDS.items() if k not in ("dtype", "device", "d_vocab_out")}
+        return TransformerBridge.boot_native(TransformerBridgeConfig(**cfg), dtype=torch.float64)
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    return HookedTransformer(HookedTransformerConfig(**{k: v for k, v in FIELDS.items() if k != "d_vocab_out"}))
+
+
+def test_recorder_reads_a_users_model_in_3x_names():
+    model = _user_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    rec = CircuitRecorder(model, schedule=[0, 2, 5], probe_tokens=torch.randint(0, 5, (2, 6))).attach(opt)
+    truth = {}
+    g = torch.Generator().manual_seed(0)
+    for step in range(1, 6):
+        loss = model(torch.randint(0, 5, (4, 6), generator=g), return_type="loss")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        truth[step] = {k: v.detach().clone() for k, v in compat.params(model).items()}
+    assert sorted(rec.records) == [0, 2, 5]
+    for step in (2, 5):
+        P, r = truth[step], rec.records[step]
+        for l in range(2):
+            WQ, WK, WV, WO = (P[f"blocks.{l}.attn.{n}"] for n in ("W_Q", "W_K", "W_V", "W_O"))
+            assert torch.allclose(r[f"blocks.{l}.QK"], einops.einsum(WQ, WK, "h m d, h n d -> h m n"), atol=1e-12)
+            assert torch.allclose(r[f"blocks.{l}.OV"], einops.einsum(WV, WO, "h m d, h d n -> h m n"), atol=1e-12)
+        E = P["embed.W_E"]
+        QK0 = P["blocks.0.attn.W_Q"][1] @ P["blocks.0.attn.W_K"][1].T
+        assert torch.allclose(r["blocks.0.QK_tok"][1], E @ QK0 @ E.T / math.sqrt(3), atol=1e-12)  # / sqrt(d_head)
+    assert not torch.allclose(rec.records[0]["blocks.1.QK"], rec.records[5]["blocks.1.QK"])
