@@ -149,3 +149,50 @@ def test_recorder_reads_a_users_model_in_3x_names():
         QK0 = P["blocks.0.attn.W_Q"][1] @ P["blocks.0.attn.W_K"][1].T
         assert torch.allclose(r["blocks.0.QK_tok"][1], E @ QK0 @ E.T / math.sqrt(3), atol=1e-12)  # / sqrt(d_head)
     assert not torch.allclose(rec.records[0]["blocks.1.QK"], rec.records[5]["blocks.1.QK"])
+
+
+RUN = "tests/data/tl3_run"  # written on TransformerLens 3.9 by run_config() (4 SGD-momentum steps, checkpoints 2 and 4)
+
+
+def run_config():
+    from sslens.data import syn_small
+    from sslens.tasks import SequenceClassTask
+    from sslens.train import TrainConfig
+
+    s = syn_small(T=8)
+    return TrainConfig(model=scan_snap_config(s.M, n_ctx=8, init="random"), task=SequenceClassTask(s).to_dict(), steps=4,
+                       batch=8, lr={"blocks.0.attn.W_Q": 1.0, "unembed.W_U": 3.0}, optimizer="sgd", momentum=0.9, seed=0,
+                       checkpoint_every=2, record_n=2)
+
+
+def test_a_3x_run_is_loaded_analysed_and_resumed_on_this_line(tmp_path):
+    """Checkpoints keep 3.x names and layouts (optimizer state included): a 3.9 run killed after step 2 resumes here."""
+    import shutil
+
+    from sslens.hooks import Recording
+    from sslens.models.scan_snap import Y_of, Z_of
+    from sslens.store import RunStore
+    from sslens.train import train
+
+    full = RunStore(RUN)
+    model = full.load_model(2)
+    ref, meta = full.load_checkpoint(2)
+    assert torch.equal(Z_of(model), ref["model.blocks.0.attn.W_Q"][0]) and torch.equal(Y_of(model), ref["model.unembed.W_U"])
+    assert torch.allclose(Recording(RUN).get("blocks.0.QK_tok")[-1, 0], Z_of(full.load_model(4)), atol=1e-6)  # = Z
+
+    run = tmp_path / "run"
+    shutil.copytree(RUN, run)
+    (run / "COMPLETE").unlink()
+    for p in (run / "checkpoints").glob("step_00000004*"):
+        p.unlink()
+    train(run_config(), out=run, resume=True, progress=False)
+    a, meta_a = full.load_checkpoint(4)
+    b, meta_b = RunStore(run).load_checkpoint(4)
+    assert a.keys() == b.keys() and meta_b["step"] == 4
+    for k in a:  # model, momentum buffers and RNG; bitwise on 3.x, float32 rounding of a different kernel on 4.x
+        assert a[k].shape == b[k].shape and torch.allclose(a[k].double(), b[k].double(), atol=1e-6, rtol=1e-5), k
+    la = [r["loss"] for r in full.read_metrics()]
+    lb = [r["loss"] for r in RunStore(run).read_metrics()]
+    assert len(lb) == 4 and max(abs(x - y) for x, y in zip(la, lb)) < 1e-6
+    if compat.TL_MAJOR < 4:
+        assert all(torch.equal(a[k], b[k]) for k in a)
