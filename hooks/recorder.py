@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 from torch.optim.optimizer import register_optimizer_step_post_hook
+
 from sslens import compat
 from sslens.compat import HookedModel as HookedTransformer  # the installed line's model class
 from sslens.schedule import log_schedule
