@@ -196,3 +196,34 @@ def test_a_3x_run_is_loaded_analysed_and_resumed_on_this_line(tmp_path):
     assert len(lb) == 4 and max(abs(x - y) for x, y in zip(la, lb)) < 1e-6
     if compat.TL_MAJOR < 4:
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _numbers_close(x, y, path=""):
+    if isinstance(x, dict):
+        assert isinstance(y, dict) and set(x) == set(y), path
+        for k in x:
+            _numbers_close(x[k], y[k], f"{path}.{k}")
+    elif isinstance(x, list):
+        assert isinstance(y, list) and len(x) == len(y), path
+        for i, (u, v) in enumerate(zip(x, y)):
+            _numbers_close(u, v, f"{path}[{i}]")
+    elif isinstance(x, float) and isinstance(y, (int, float)):
+        assert abs(x - y) <= 1e-6 * max(1.0, abs(x)) or (x != x and y != y), (path, x, y)
+    else:
+        assert x == y, (path, x, y)
+
+
+@pytest.mark.slow
+def test_sslens_analyze_of_a_3x_run_gives_3xs_numbers(tmp_path):
+    """`sslens analyze` of the 3.9 run on the installed line equals metrics.json written on 3.9 (1e-6 relative)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(RUN, run)
+    subprocess.run([sys.executable, "-m", "sslens.cli", "analyze", str(run)], check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    _numbers_close(json.loads((run / "metrics.json").read_text()), json.loads(open("tests/data/tl3_run_analysis.json").read()))
