@@ -150,11 +150,13 @@ def checks(traj, cfg: dict) -> dict:
 
     # Thm 2: distinct tokens gain attention logit, common tokens lose it
     rose = torch.cat([dz[k, d] > 0 for k, d in enumerate(spec.distinct)]).double().mean().item()
-    rows.append(_row("thm2.distinct_rise", "Thm 2: fraction of distinct tokens whose z rose", rose, "1", f">= {TOL['thm2']}", rose >= TOL["thm2"], r))
+    rows.append(_row("thm2.distinct_rise", "Thm 2: fraction of distinct tokens whose z rose", rose, "1",
+                     f">= {TOL['thm2']}", rose >= TOL["thm2"], r))
     common = [dz[k, c] < 0 for k, c in enumerate(spec.common) if c]
     if common:
         fell = torch.cat(common).double().mean().item()
-        rows.append(_row("thm2.common_fall", "Thm 2: fraction of common tokens whose z fell", fell, "1", f">= {TOL['thm2']}", fell >= TOL["thm2"], r))
+        rows.append(_row("thm2.common_fall", "Thm 2: fraction of common tokens whose z fell", fell, "1",
+                         f">= {TOL['thm2']}", fell >= TOL["thm2"], r))
 
     # Thm 3: (1 - e^{-2 dz_l}) / P(l|n)^2 equal over a class's distinct tokens (zero init), and general form
     for key, name, top in (("thm3.cv_all", "all distinct tokens", None), ("thm3.cv_top5", "top-5 distinct tokens", 5)):
@@ -166,7 +168,8 @@ def checks(traj, cfg: dict) -> dict:
 
     # ordering: final attention follows P(l|n) over distinct tokens
     rho = float(np.mean(ordering_spearman(traj.c[-1], spec)))
-    rows.append(_row("ordering.spearman", "ordering: Spearman(final c_n, P(l|n)) over distinct tokens", rho, "1", f">= {TOL['spearman']}",
+    rows.append(_row("ordering.spearman", "ordering: Spearman(final c_n, P(l|n)) over distinct tokens", rho, "1",
+                     f">= {TOL['spearman']}",
                      rho >= TOL["spearman"], r))
 
     # Thm 4: snap time and chi(t), in gradient-flow time

@@ -268,21 +268,23 @@ MaskFn = Callable[[int, int, torch.device], Tensor]
 def mask_attention(model: Any, mask: MaskFn) -> None:
     """Permanently exclude (query, key) pairs: ``mask(q, k, device)`` -> bool ``[q, k]``, True = excluded.
 
-    3.x: scores set to -inf on ``hook_attn_scores`` (after the causal mask). 4.x: ``hook_pattern`` entries
-    set to 0 and each row renormalised (the same softmax over the remaining keys).
+    Applied to the value *entering* the hook point (a forward pre-hook, like TransformerLens's causal mask), so
+    every user hook there sees the masked value and a patched value is used as given. 3.x: scores set to -inf
+    on ``hook_attn_scores``. 4.x: ``hook_pattern`` entries set to 0 and each row renormalised (the same softmax
+    over the remaining keys; 4.x's ``hook_attn_scores`` holds the pattern and discards edits).
     """
-    if TL_MAJOR < 4:
 
-        def on_scores(scores: Tensor, hook: Any) -> Tensor:
-            return scores.masked_fill(mask(*scores.shape[-2:], scores.device), float("-inf"))
+    def on_scores(module: Any, args: tuple) -> tuple:
+        scores = args[0]
+        return (scores.masked_fill(mask(*scores.shape[-2:], scores.device), float("-inf")),)
 
-        for block in model.blocks:
-            block.attn.hook_attn_scores.add_perma_hook(on_scores)
-        return
-
-    def on_pattern(pattern: Tensor, hook: Any) -> Tensor:
+    def on_pattern(module: Any, args: tuple) -> tuple:
+        pattern = args[0]
         kept = pattern.masked_fill(mask(*pattern.shape[-2:], pattern.device), 0.0)
-        return kept / kept.sum(dim=-1, keepdim=True)
+        return (kept / kept.sum(dim=-1, keepdim=True),)
 
     for block in model.blocks:
-        block.attn.hook_pattern.add_perma_hook(on_pattern)
+        if TL_MAJOR < 4:
+            block.attn.hook_attn_scores.register_forward_pre_hook(on_scores)
+        else:
+            block.attn.hook_pattern.register_forward_pre_hook(on_pattern)
