@@ -17,7 +17,7 @@ from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
 from sslens.compat import HookedModel as HookedTransformer  # the installed line's model class
-from sslens.compat import mask_attention
+from sslens.compat import mask_attention, set_mlp_activation
 from sslens.errors import SslensError
 
 
@@ -117,8 +117,7 @@ def tanh_mlp(model: HookedTransformer) -> None:
     """
     if model.cfg.attn_only:
         raise SslensError("variants", "tanh_mlp needs an MLP", "attn_only=False")
-    for block in model.blocks:
-        block.mlp.act_fn = torch.tanh
+    set_mlp_activation(model, torch.tanh)  # sslens.compat: mlp.act_fn on 3.x, the native MLP's act on 4.x
 
 
 VARIANTS: dict[str, Callable[[HookedTransformer], None]] = {

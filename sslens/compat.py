@@ -261,6 +261,18 @@ def load_state_dict_3x(model: Any, sd: dict[str, Tensor], strict: bool = True) -
             own[name].copy_(t)
 
 
+def set_mlp_activation(model: Any, fn: Callable[[Tensor], Tensor]) -> None:
+    """Make ``fn`` every MLP's activation (between ``hook_pre`` and ``hook_post``).
+
+    ``mlp.act_fn`` on 3.x, the native module's ``act`` on 4.x.
+    """
+    for block in model.blocks:
+        if TL_MAJOR < 4:
+            block.mlp.act_fn = fn
+        else:
+            block.mlp._original_component.act = fn
+
+
 # -- attention masking -------------------------------------------------------------------------------
 MaskFn = Callable[[int, int, torch.device], Tensor]
 

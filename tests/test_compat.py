@@ -129,8 +129,9 @@ def _user_model():
 def test_recorder_reads_a_users_model_in_3x_names():
     model = _user_model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    rec = CircuitRecorder(model, schedule=[0, 2, 5], probe_tokens=torch.randint(0, 5, (2, 6))).attach(opt)
-    truth = {}
+    rec = CircuitRecorder(model, schedule=[0, 2, 5], probe_tokens=torch.randint(0, 5, (2, 6)), token_space=True,
+                          verbose=False).attach(opt)
+    truth = {0: {k: v.detach().clone() for k, v in compat.params(model).items()}}
     g = torch.Generator().manual_seed(0)
     for step in range(1, 6):
         loss = model(torch.randint(0, 5, (4, 6), generator=g), return_type="loss")
@@ -142,13 +143,18 @@ def test_recorder_reads_a_users_model_in_3x_names():
     for step in (2, 5):
         P, r = truth[step], rec.records[step]
         for l in range(2):
-            WQ, WK, WV, WO = (P[f"blocks.{l}.attn.{n}"] for n in ("W_Q", "W_K", "W_V", "W_O"))
-            assert torch.allclose(r[f"blocks.{l}.QK"], einops.einsum(WQ, WK, "h m d, h n d -> h m n"), atol=1e-12)
-            assert torch.allclose(r[f"blocks.{l}.OV"], einops.einsum(WV, WO, "h m d, h d n -> h m n"), atol=1e-12)
-        E = P["embed.W_E"]
-        QK0 = P["blocks.0.attn.W_Q"][1] @ P["blocks.0.attn.W_K"][1].T
-        assert torch.allclose(r["blocks.0.QK_tok"][1], E @ QK0 @ E.T / math.sqrt(3), atol=1e-12)  # / sqrt(d_head)
-    assert not torch.allclose(rec.records[0]["blocks.1.QK"], rec.records[5]["blocks.1.QK"])
+            for n in ("W_Q", "W_K", "W_V", "W_O", "b_Q"):  # recorded in 3.x names and layouts
+                assert torch.allclose(r[f"blocks.{l}.attn.{n}"].double(), P[f"blocks.{l}.attn.{n}"], atol=1e-6), n
+            WQ, WK = P[f"blocks.{l}.attn.W_Q"], P[f"blocks.{l}.attn.W_K"]
+            sv = torch.linalg.svdvals(einops.einsum(WQ, WK, "h m d, h n d -> h m n"))[:, :3]
+            assert torch.allclose(r[f"blocks.{l}.QK.sv"].double(), sv, atol=1e-5)
+        E, WQ, WK = P["embed.W_E"], P["blocks.0.attn.W_Q"][1], P["blocks.0.attn.W_K"][1]
+        assert torch.allclose(r["blocks.0.QK_tok"][1].double(), E @ WQ @ WK.T @ E.T / math.sqrt(3), atol=1e-5)  # / sqrt(d_head)
+        # weight drift under 3.x names, |W_t - W_0| (layout-free norms)
+        assert {k[len("scores.delta."):] for k in r if k.startswith("scores.delta.")} == set(compat.leaves(model))
+        d = (P["blocks.1.attn.W_O"] - truth[0]["blocks.1.attn.W_O"]).norm()
+        assert torch.allclose(r["scores.delta.blocks.1.attn.W_O"].double(), d, rtol=1e-5)
+    assert not torch.allclose(rec.records[0]["blocks.1.attn.W_Q"], rec.records[5]["blocks.1.attn.W_Q"])
 
 
 RUN = "tests/data/tl3_run"  # written on TransformerLens 3.9 by run_config() (4 SGD-momentum steps, checkpoints 2 and 4)
