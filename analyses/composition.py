@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from sslens.compat import HookedModel as HookedTransformer  # the installed line's model class
 from sslens.data.sequence_classes import SequenceClassSpec
 from sslens.errors import SslensError
 from sslens.hooks.recorder import Recording, circuits

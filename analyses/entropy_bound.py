@@ -28,9 +28,9 @@ import math
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from sslens.analyses.qk_gradient import _attn_input_name, check_head_form, qk_product
+from sslens.compat import HookedModel as HookedTransformer  # the installed line's model class
 from sslens.errors import require
 
 

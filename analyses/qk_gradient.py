@@ -20,8 +20,8 @@ from typing import Callable
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from sslens.compat import HookedModel as HookedTransformer  # the installed line's model class
 from sslens.errors import SslensError, require
 
 POSITIONS = ("standard",)

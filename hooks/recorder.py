@@ -47,8 +47,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from torch.optim.optimizer import register_optimizer_step_post_hook
-from transformer_lens import FactoredMatrix, HookedTransformer
+from transformer_lens import FactoredMatrix
 
+from sslens import compat
+from sslens.compat import HookedModel as HookedTransformer  # the installed line's model class
 from sslens.errors import SslensError, require
 from sslens.lock import RunLock, run_lock
 from sslens.schedule import log_schedule
@@ -71,7 +73,8 @@ def circuits(model: HookedTransformer, token_space: bool = True) -> dict[str, Te
         out[f"blocks.{l}.QK"] = QK
         out[f"blocks.{l}.OV"] = OV
         if token_space:
-            out[f"blocks.{l}.QK_tok"] = einops.einsum(model.W_E, QK, model.W_E, "s m, h m n, t n -> h s t") / a.attn_scale
+            QK_tok = einops.einsum(model.W_E, QK, model.W_E, "s m, h m n, t n -> h s t")
+            out[f"blocks.{l}.QK_tok"] = QK_tok / compat.attn_scale(model, l)
             out[f"blocks.{l}.OV_tok"] = einops.einsum(model.W_E, OV, model.W_U, "s m, h m n, n v -> h s v")
     return out
 
@@ -313,7 +316,7 @@ class CircuitRecorder:
                 rec[f"scores.blocks.{l}.ov_eig"] = _or_nan(
                     lambda: eig_positivity(FactoredMatrix(W_V, W_O @ M_UE)), (H,), W_V, W_O, M_UE)
             if self.token_space or self.token_subset is not None:
-                rec.update(self._token_space(l, W_Q, W_K, W_V, W_O, a.attn_scale))
+                rec.update(self._token_space(l, W_Q, W_K, W_V, W_O, compat.attn_scale(model, l)))
             if self.mlp is not None:
                 rec.update(self._mlp(l))
         if self.probe_tokens is not None:
@@ -330,7 +333,7 @@ class CircuitRecorder:
             if self.probe_period is not None:
                 rec["probe.period"] = torch.tensor(self.probe_period, dtype=torch.long)
         if self.reference is not None:
-            for name, p in model.named_parameters():
+            for name, p in compat.leaves(model).items():  # 3.x names on both lines
                 if name in self.reference:
                     W0 = self.reference[name].to(p.device, torch.float32)
                     d = (p.detach().float() - W0).norm()
@@ -436,7 +439,7 @@ class CircuitRecorder:
         if self.token_subset is not None:
             total += _nbytes(self.token_subset)
         if self.reference is not None:
-            names = {n for n, _ in self.model.named_parameters()}
+            names = set(compat.leaves(self.model))
             total += 8 * sum(1 for n in self.reference if n in names)
         return total
 
@@ -459,7 +462,7 @@ class CircuitRecorder:
         if self.store is not None:
             self._lock = RunLock(self.store.path)
         if self.reference is None:
-            self.reference = {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters()
+            self.reference = {n: p.detach().to("cpu", copy=True) for n, p in compat.leaves(self.model).items()
                               if p.requires_grad}
         if self.verbose:
             n = self.planned_steps()

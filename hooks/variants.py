@@ -14,9 +14,10 @@ from typing import Callable
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
+from sslens.compat import HookedModel as HookedTransformer  # the installed line's model class
+from sslens.compat import mask_attention, set_mlp_activation
 from sslens.errors import SslensError
 
 
@@ -62,21 +63,20 @@ def _replace_input(hp: HookPoint, fn: Callable[[Tensor], Tensor]) -> None:
 def no_self_attention(model: HookedTransformer) -> None:
     """A query does not attend to its own position (Scan&Snap: b_t = softmax over t < T, docs/theory.md §1.1).
 
-    Applied to the value entering ``hook_attn_scores`` (like TransformerLens's causal mask), so every hook there
-    sees the masked scores and a patched value is used as given. Position 0 has no earlier key, so it keeps
-    itself (its output is never used by a last-token loss); this keeps every softmax row finite.
+    Applied to the value entering ``hook_attn_scores`` on 3.x (like TransformerLens's causal mask;
+    ``hook_pattern`` renormalised on 4.x), so every hook there sees the masked value and a patched value is
+    used as given. Position 0 has no earlier key, so it keeps itself (its output is never used by a last-token
+    loss); this keeps every softmax row finite.
     """
 
-    def mask(scores: Float[Tensor, "batch head q k"]) -> Tensor:
-        q, k = scores.shape[-2:]
+    def self_mask(q: int, k: int, device: torch.device) -> Tensor:
         off = k - q  # key offset (kv cache); 0 in training
-        eye = torch.zeros(q, k, dtype=torch.bool, device=scores.device)
-        idx = torch.arange(1, q, device=scores.device)
+        eye = torch.zeros(q, k, dtype=torch.bool, device=device)
+        idx = torch.arange(1, q, device=device)
         eye[idx, idx + off] = True
-        return scores.masked_fill(eye, float("-inf"))
+        return eye
 
-    for block in model.blocks:
-        _replace_input(block.attn.hook_attn_scores, mask)
+    mask_attention(model, self_mask)  # on hook_attn_scores (3.x) or hook_pattern (4.x), see sslens.compat
 
 
 def no_residual(model: HookedTransformer) -> None:
@@ -117,8 +117,7 @@ def tanh_mlp(model: HookedTransformer) -> None:
     """
     if model.cfg.attn_only:
         raise SslensError("variants", "tanh_mlp needs an MLP", "attn_only=False")
-    for block in model.blocks:
-        block.mlp.act_fn = torch.tanh
+    set_mlp_activation(model, torch.tanh)  # sslens.compat: mlp.act_fn on 3.x, the native MLP's act on 4.x
 
 
 VARIANTS: dict[str, Callable[[HookedTransformer], None]] = {

@@ -349,7 +349,9 @@ class RunStore:
 
 def load_params(model: torch.nn.Module, params: dict[str, Tensor]) -> None:
     """Copy named parameters into ``model``; a missing or mis-shaped one raises naming it."""
-    own = dict(model.named_parameters())
+    from sslens import compat
+
+    own = compat.params(model)  # 3.x names and layouts on both TransformerLens lines
     for name, p in own.items():
         if name not in params:
             raise SslensError("checkpoint", f"parameter {name} missing", "a checkpoint of the same model config")

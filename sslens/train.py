@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from sslens import compat
+from sslens.compat import HookedModel as HookedTransformer  # the installed line's model class
 from sslens.configs import build_model, build_task, model_config, task_config
 from sslens.constants import LR_SCHEDULES, OPTIMIZERS, PROBE_SEED_OFFSET
 from sslens.errors import SslensError, TrainingDiverged, choice, require
@@ -110,7 +111,7 @@ def param_groups(model: HookedTransformer, lr: dict[str, float]) -> list[dict]:
     Patterns are tried in the mapping's order (exact names first); a trainable parameter that
     matches none raises. E.g. the Y/Z model: ``{"blocks.0.attn.W_Q": eta_Z, "unembed.W_U": eta_Y}``.
     """
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    trainable = [(n, p) for n, p in compat.leaves(model).items() if p.requires_grad]  # 3.x names on both lines
     groups = []
     for name, p in trainable:
         rate = lr.get(name)
@@ -150,13 +151,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.
 # ----- checkpoint state -----------------------------------------------------------------------
 def training_state(model, optimizer, generator, scheduler=None) -> tuple[dict, dict]:
     """Tensors (model, optimizer, RNG) and JSON metadata (optimizer groups, LR scheduler) for a checkpoint."""
-    tensors = {f"model.{n}": p.detach() for n, p in model.named_parameters()}
+    tensors = {f"model.{n}": p for n, p in compat.state_dict_3x(model).items()}  # 3.x names and layouts
     sd = optimizer.state_dict()
+    names = [g.get("name") for g in sd["param_groups"]]
     scalars = {}
     for pid, st in sd["state"].items():
         for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"optim.{pid}.{k}"] = v
+            if torch.is_tensor(v):  # per-parameter state in the 3.x layout (groups are named, one parameter each)
+                tensors[f"optim.{pid}.{k}"] = compat.layout_3x(model, names[pid], v) if v.dim() and pid < len(names) else v
             else:
                 scalars[f"{pid}.{k}"] = v
     tensors["rng.data"] = generator.get_state()
@@ -179,7 +181,9 @@ def restore_state(model, optimizer, generator, tensors: dict, meta: dict, schedu
     for k, v in tensors.items():
         if k.startswith("optim."):
             _, pid, key = k.split(".", 2)
-            state.setdefault(int(pid), {})[key] = v
+            groups = meta["param_groups"]
+            name = groups[int(pid)].get("name") if int(pid) < len(groups) else None
+            state.setdefault(int(pid), {})[key] = compat.layout_native(model, name, v) if v.dim() and name else v
     for k, v in meta.get("optim_scalars", {}).items():
         pid, key = k.split(".", 1)
         state.setdefault(int(pid), {})[key] = v

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from sslens import compat
 from sslens.errors import SslensError
 from sslens.losses import last_token_ce, last_token_exp
 from sslens.models import build
@@ -36,10 +37,12 @@ def test_scalar_head_loss_and_gradients_equal_formula(pos, gen):
     ref = torch.exp(-y * f_formula(X, **leaves)[:, 0]).mean()
     ref.backward()
     assert abs(loss.item() - ref.item()) < 1e-6
-    got = {"W_Q": a.W_Q.grad[0], "W_K": a.W_K.grad[0], "W_V": a.W_V.grad[0], "W1": model.blocks[0].mlp.W_in.grad, "W2": model.unembed.W_U.grad}
+    g = compat.grads(model)  # 3.x names and layouts on both TransformerLens lines
+    got = {"W_Q": g["blocks.0.attn.W_Q"][0], "W_K": g["blocks.0.attn.W_K"][0], "W_V": g["blocks.0.attn.W_V"][0],
+           "W1": g["blocks.0.mlp.W_in"], "W2": g["unembed.W_U"]}
     for k in got:
         assert torch.allclose(got[k], leaves[k].grad, atol=1e-6), k
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+    assert {n for n, p in compat.leaves(model).items() if p.requires_grad} == {
         "blocks.0.attn.W_Q", "blocks.0.attn.W_K", "blocks.0.attn.W_V", "blocks.0.mlp.W_in", "unembed.W_U"}
 
 

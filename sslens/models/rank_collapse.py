@@ -21,11 +21,10 @@ init std d^(-gamma), gamma = 1.2), a standard HookedTransformer with ``normaliza
 
 from __future__ import annotations
 
-import warnings
-
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from sslens import compat
+from sslens.compat import HookedModel as HookedTransformer  # the installed line's model class
 from sslens.errors import choice, require
 from sslens.hooks.variants import apply_variants
 from sslens.models.scan_snap import DTYPES
@@ -65,10 +64,9 @@ def init_std(d: int, gamma: float | None, eps: float | None) -> float:
     return float(eps) if eps is not None else float(d) ** (-float(gamma))
 
 
-def _quiet_model(cfg: HookedTransformerConfig) -> HookedTransformer:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return HookedTransformer(cfg)
+def _draw(p: torch.Tensor, std: float, g: torch.Generator | None) -> None:
+    """``p.normal_(0, std)`` drawn in the 3.x layout (the same numbers on both TransformerLens lines)."""
+    p.copy_(torch.empty(p.shape, dtype=p.dtype).normal_(0.0, std, generator=g))
 
 
 def rank_collapse(*, d: int = 32, d_vocab: int = 201, head: str = "vocab", d_ff: int | None = None, n_ctx: int = 10,
@@ -93,32 +91,33 @@ def rank_collapse(*, d: int = 32, d_vocab: int = 201, head: str = "vocab", d_ff:
     std = init_std(d, gamma, eps) if (init_attn is None or init_outer is None) else 0.0
     std_of = {n: float(init_attn if init_attn is not None else std) for n in ATTN_PARAMS}
     tdtype = DTYPES[dtype]
-    cfg = HookedTransformerConfig(
+    cfg = dict(
         n_layers=1, n_heads=1, d_model=d, d_head=d, d_mlp=d_ff, d_vocab=d_vocab,
         d_vocab_out=1 if head == "scalar" else d_vocab, n_ctx=n_ctx, act_fn="relu", normalization_type=None,
         positional_embedding_type="standard", default_prepend_bos=False, dtype=tdtype, device="cpu",
         model_name="sslens-rank-collapse",
     )
-    model = _quiet_model(cfg)
+    model = compat.build_from_config(cfg)
     g = generator
     trainable = ["blocks.0.attn.W_Q", "blocks.0.attn.W_K", "blocks.0.attn.W_V", "blocks.0.mlp.W_in"]
     trainable += ["unembed.W_U"] if head == "scalar" else ["blocks.0.mlp.W_out"]
+    P = compat.params(model)  # 3.x names and layouts, HookedTransformer's order, on both lines
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name, p in P.items():
             p.zero_()
+        for name, p in compat.leaves(model).items():
             p.requires_grad_(name in trainable)
-        model.embed.W_E.normal_(0.0, d**-0.5, generator=g)
+        _draw(P["embed.W_E"], d**-0.5, g)
         if pos:
-            model.pos_embed.W_pos.normal_(0.0, d**-0.5, generator=g)
-        a = model.blocks[0].attn
-        a.W_O[0].copy_(torch.eye(d, dtype=tdtype))
+            _draw(P["pos_embed.W_pos"], d**-0.5, g)
+        P["blocks.0.attn.W_O"][0].copy_(torch.eye(d, dtype=tdtype))
         if head == "scalar":
-            model.blocks[0].mlp.W_out.copy_(torch.eye(d, dtype=tdtype))
+            P["blocks.0.mlp.W_out"].copy_(torch.eye(d, dtype=tdtype))
         else:
-            model.unembed.W_U.normal_(0.0, d**-0.5, generator=g)
-        for name, p in model.named_parameters():
+            _draw(P["unembed.W_U"], d**-0.5, g)
+        for name, p in P.items():
             if name in trainable:
-                p.normal_(0.0, std_of.get(name, float(init_outer if init_outer is not None else std)), generator=g)
+                _draw(p, std_of.get(name, float(init_outer if init_outer is not None else std)), g)
     apply_variants(model, ["no_residual", "tanh_mlp"] if act == "tanh" else ["no_residual"])
     if act == "none":
         _linear_mlp(model)
@@ -138,19 +137,19 @@ def small_init_lm(*, d_model: int = 64, d_ff: int = 800, n_layers: int = 2, d_vo
                   gamma: float = 1.2, dtype: str = "float32", generator: torch.Generator | None = None) -> HookedTransformer:
     """[CR] WikiText model: 1 head per layer, GeLU MLP, residuals, no LayerNorm, every weight ~ N(0, d^(-2 gamma))."""
     choice(dtype, "dtype", tuple(DTYPES))
-    cfg = HookedTransformerConfig(
+    cfg = dict(
         n_layers=n_layers, n_heads=1, d_model=d_model, d_head=d_model, d_mlp=d_ff, d_vocab=d_vocab, n_ctx=n_ctx,
         act_fn="gelu", normalization_type=None, positional_embedding_type="standard", dtype=DTYPES[dtype],
         device="cpu", model_name="sslens-small-init-lm",
     )
-    model = _quiet_model(cfg)
+    model = compat.build_from_config(cfg)
     std = float(d_model) ** (-gamma)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name, p in compat.params(model).items():
             if name.split(".")[-1].startswith("b_"):
                 p.zero_()
             else:
-                p.normal_(0.0, std, generator=generator)
+                _draw(p, std, generator)
     model.sslens_config = small_init_lm_config(d_model, d_ff, n_layers, d_vocab, n_ctx, gamma, dtype)
-    model.sslens_trainable = [n for n, _ in model.named_parameters()]
+    model.sslens_trainable = list(compat.leaves(model))
     return model

@@ -13,13 +13,13 @@ Loss: cross-entropy on the last position (``sslens.losses.last_token_ce``).
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from sslens import compat
+from sslens.compat import HookedModel as HookedTransformer  # the installed line's model class
 from sslens.constants import INITS, Y_PARAM, Z_PARAM
 from sslens.errors import choice, require
 from sslens.hooks.variants import apply_variants
@@ -34,9 +34,9 @@ def scan_snap_config(M: int, n_ctx: int = 128, init: str = "zero", dtype: str = 
     return {"kind": "scan_snap", "M": M, "n_ctx": n_ctx, "init": init, "dtype": dtype}
 
 
-def hooked_config(M: int, n_ctx: int, dtype: torch.dtype) -> HookedTransformerConfig:
-    """The HookedTransformerConfig part: everything a config can say."""
-    return HookedTransformerConfig(
+def hooked_config(M: int, n_ctx: int, dtype: torch.dtype) -> dict:
+    """The HookedTransformerConfig fields: everything a config can say (built by :func:`sslens.compat.build_from_config`)."""
+    return dict(
         n_layers=1,
         n_heads=1,
         d_model=M,
@@ -81,24 +81,23 @@ def scan_snap(
     require(isinstance(n_ctx, int) and n_ctx >= 2, "n_ctx", f"got {n_ctx!r}", "an int >= 2")
     choice(dtype, "dtype", tuple(DTYPES))
     tdtype = DTYPES[dtype]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TL 3.x deprecates HookedTransformer; built on purpose
-        model = HookedTransformer(hooked_config(M, n_ctx, tdtype))
+    model = compat.build_from_config(hooked_config(M, n_ctx, tdtype))
     Z0, Y0 = init_Z_Y(M, init, generator, tdtype)
     Z0 = Z0 if Z is None else Z.to(tdtype)
     Y0 = Y0 if Y is None else Y.to(tdtype)
     eye = torch.eye(M, dtype=tdtype)
+    P = compat.params(model)  # 3.x names and layouts on both lines
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name, p in P.items():
             p.zero_()
+        for name, p in compat.leaves(model).items():
             p.requires_grad_(name in TRAINABLE)
-        model.embed.W_E.copy_(eye)
-        attn = model.blocks[0].attn
-        attn.W_K[0].copy_(eye)
-        attn.W_V[0].copy_(eye)
-        attn.W_O[0].copy_(eye)
-        attn.W_Q[0].copy_(Z0)
-        model.unembed.W_U.copy_(Y0)
+        P["embed.W_E"].copy_(eye)
+        P["blocks.0.attn.W_K"][0].copy_(eye)
+        P["blocks.0.attn.W_V"][0].copy_(eye)
+        P["blocks.0.attn.W_O"][0].copy_(eye)
+        P[Z_PARAM][0].copy_(Z0)
+        P[Y_PARAM].copy_(Y0)
     apply_variants(model, SS_VARIANTS)
     model.sslens_config = scan_snap_config(M, n_ctx, init, dtype)
     model.sslens_trainable = list(TRAINABLE)

@@ -7,11 +7,10 @@ difference). ``pos=False`` zeroes and freezes W_pos (no positional encoding).
 
 from __future__ import annotations
 
-import warnings
-
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from sslens import compat
+from sslens.compat import HookedModel as HookedTransformer  # the installed line's model class
 from sslens.errors import choice
 from sslens.models.scan_snap import DTYPES
 
@@ -30,24 +29,24 @@ def standard(d_vocab: int, n_layers: int = 1, d_model: int = 64, n_heads: int = 
              generator: torch.Generator | None = None) -> HookedTransformer:
     """A plain pre-LN HookedTransformer; ``generator`` redraws TL's init reproducibly; ``pos=False``: no W_pos."""
     choice(dtype, "dtype", tuple(DTYPES))
-    cfg = HookedTransformerConfig(
+    cfg = dict(
         n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads, d_mlp=d_mlp, d_vocab=d_vocab,
         n_ctx=n_ctx, act_fn=act_fn, normalization_type=normalization_type, dtype=DTYPES[dtype], device="cpu",
         default_prepend_bos=False, model_name="sslens-standard",
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        model = HookedTransformer(cfg)
+    model = compat.build_from_config(cfg)
+    P = compat.params(model)  # 3.x names and layouts on both lines
     if generator is not None:  # re-draw TL's default init from the run's generator (reproducible)
+        std = model.cfg.initializer_range
         with torch.no_grad():
-            for name, p in model.named_parameters():
+            for name, p in P.items():
                 if p.dim() >= 2:
-                    p.normal_(0.0, cfg.initializer_range, generator=generator)
+                    p.copy_(torch.empty(p.shape, dtype=p.dtype).normal_(0.0, std, generator=generator))
     if not pos:
         with torch.no_grad():
-            model.pos_embed.W_pos.zero_()
-        model.pos_embed.W_pos.requires_grad_(False)
+            P["pos_embed.W_pos"].zero_()
+        compat.leaves(model)["pos_embed.W_pos"].requires_grad_(False)
     model.sslens_config = standard_config(d_vocab, n_layers, d_model, n_heads, d_mlp, n_ctx, pos, act_fn,
                                           normalization_type, dtype)
-    model.sslens_trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    model.sslens_trainable = [n for n, p in compat.leaves(model).items() if p.requires_grad]
     return model
