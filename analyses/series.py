@@ -149,6 +149,12 @@ def checkpoint_source(series, probe: Tensor | None = None, seed: int = 0) -> Sta
                     meta["probe"] = "the run's task"
                 else:
                     probe = repeated_random_tokens(model.cfg.d_vocab, model.cfg.n_ctx, seed=seed)
+            if first is None:
+                from sslens.errors import require
+
+                require(int(probe.max()) < model.cfg.d_vocab, "probe", f"token id {int(probe.max())} >= d_vocab "
+                        f"{model.cfg.d_vocab}", f"ids in [0, {model.cfg.d_vocab})")
+                probe = probe[:, : model.cfg.n_ctx]
             if rep is None and not is_repeated(probe):
                 rep = repeated_random_tokens(model.cfg.d_vocab, model.cfg.n_ctx, seed=seed)
             rec = CircuitRecorder(model, store=None, probe_tokens=probe, schedule=[]).record(step)
@@ -181,7 +187,7 @@ def _circuit_sv(state: dict, l: int, c: str, attn) -> Tensor | None:
     if f"blocks.{l}.{c}" in state:  # dense: drop singular values under the rounding floor of its dtype
         A = state[f"blocks.{l}.{c}"]
         s = torch.linalg.svdvals(A.to(torch.float64))
-        tol = s[..., :1] * torch.finfo(A.dtype).eps * max(A.shape[-2:])
+        tol = s[..., :1] * torch.finfo(A.dtype).eps * max(A.shape[-2:]) ** 0.5
         return torch.where(s > tol, s, torch.zeros_like(s))
     return None
 

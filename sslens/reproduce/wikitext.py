@@ -73,8 +73,9 @@ def val_entropy(run: Path, files: dict, n: int = 32) -> float:
     task = TextTask(files, split="valid", vocab_split="train", seq_len=35, max_vocab=2000)
     x = task.data[:n]
     _, cache = model.run_with_cache(x, names_filter=lambda name: name.endswith("hook_pattern"))
-    a = cache["pattern", 0]
-    return (-(a * torch.log(a + 1e-8)).sum(-1)).mean().item()
+    from sslens.analyses.head_metrics import attention_entropy
+
+    return attention_entropy(cache["pattern", 0]).mean().item()
 
 
 def run(a: argparse.Namespace) -> int:

@@ -1,0 +1,163 @@
+"""`sslens analyze` on recordings of models no sslens code built, compared with TransformerLens's own numbers;
+a known-answer previous-token + induction circuit; the same numbers from a checkpoint series."""
+
+import json
+
+import pytest
+import torch
+from transformer_lens import FactoredMatrix, HookedTransformer, HookedTransformerConfig
+
+from sslens.analyses.checkpoints import analyze_series
+from sslens.analyses.report import external_resources
+from sslens.analyses.series import analyze_recording, repeated_random_tokens
+from sslens.checkpoints import open_series, save_config
+from sslens.cli import main
+from sslens.hooks import CircuitRecorder
+
+CONFIGS = {
+    "ln_mlp": dict(n_layers=2, d_model=16, d_head=4, n_heads=2, d_mlp=32, d_vocab=40, n_ctx=12, act_fn="gelu",
+                   normalization_type="LN"),
+    "rotary_rms_gqa_gated": dict(n_layers=2, d_model=16, d_head=4, n_heads=4, n_key_value_heads=2, d_mlp=32, d_vocab=40,
+                                 n_ctx=12, act_fn="silu", gated_mlp=True, normalization_type="RMS",
+                                 positional_embedding_type="rotary", rotary_dim=4),
+    "attn_only_bf16": dict(n_layers=2, d_model=16, d_head=4, n_heads=2, d_vocab=40, n_ctx=12, attn_only=True,
+                           normalization_type=None, dtype=torch.bfloat16),
+}
+
+
+def erank(s):
+    p = s / s.sum(-1, keepdim=True)
+    return torch.exp(-torch.xlogy(p, p).sum(-1))
+
+
+def f64(fm: FactoredMatrix) -> FactoredMatrix:
+    return FactoredMatrix(fm.A.detach().double(), fm.B.detach().double())
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def trained(request, tmp_path_factory):
+    """A plain loop with the recorder attached; returns (model at the last recorded step, run dir, probe)."""
+    d = tmp_path_factory.mktemp(request.param)
+    cfg = HookedTransformerConfig(**CONFIGS[request.param], seed=0, device="cpu")
+    model = HookedTransformer(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    probe = repeated_random_tokens(40, 12, n=3, seed=1)
+    rec = CircuitRecorder(model, store=d / "run", schedule=[0, 1, 3], probe_tokens=probe).attach(opt)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        loss = model(torch.randint(0, 40, (8, 12), generator=g), return_type="loss")
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    rec.detach()
+    return request.param, model, d / "run", probe
+
+
+def test_analyze_equals_transformer_lens(trained, tmp_path):
+    name, model, run, probe = trained
+    assert not (run / "config.json").exists()  # no sslens config
+    assert main(["analyze", str(run), "--out", str(tmp_path), "--quiet", "--layers", "1", "--heads", "0", "1"]) == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())["series"][0]
+    assert m["steps"] == [0, 1, 3]
+    bf16 = model.cfg.dtype == torch.bfloat16
+    tol = dict(rel=3e-2, abs=3e-2) if bf16 else dict(rel=1e-5, abs=1e-6)  # bf16: the recorded dense QK is rounded
+    ref = model  # TransformerLens's composition scores run no SVD in bf16 on CPU: compare with a float32 copy
+    if bf16:
+        ref = HookedTransformer(HookedTransformerConfig(**{**CONFIGS[name], "dtype": torch.float32}, device="cpu"))
+        ref.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    for l in range(model.cfg.n_layers):
+        for c, fm in (("QK", ref.QK[l]), ("OV", ref.OV[l])):
+            s = f64(fm).svd()[1].detach()  # TransformerLens's own circuit, its own SVD
+            assert m["head"][f"{c}.effective_rank"][-1][l] == pytest.approx(erank(s).tolist(), **tol)
+            assert m["head"][f"{c}.stable_rank"][-1][l] == pytest.approx(((s**2).sum(-1) / s[:, 0] ** 2).tolist(), **tol)
+            assert m["head"][f"{c}.top1_energy"][-1][l] == pytest.approx((s[:, 0] ** 2 / (s**2).sum(-1)).tolist(), **tol)
+    for mode in "QKV":
+        want = ref.all_composition_scores(mode).detach().double()
+        assert torch.tensor(m["composition"][mode][-1], dtype=torch.float64) == pytest.approx(want, **tol), mode
+    _, cache = model.run_with_cache(probe)
+    for l in range(model.cfg.n_layers):
+        a = cache["pattern", l].float()
+        ent = (-(a * torch.log(a + 1e-8)).sum(-1)).mean(dim=(0, 2))
+        assert m["head"]["entropy"][-1][l] == pytest.approx(ent.tolist(), rel=1e-5)
+    page = (tmp_path / "report.html").read_text()
+    assert external_resources(page) == [] and "L1H1 step 3" in page and "L0H0 step" not in page
+    # the tidy frame carries the same number
+    df = analyze_recording(run, progress=False).to_pandas()
+    assert set(df.columns) == {"step", "layer", "head", "metric", "value"}
+    row = df[(df["step"] == 3) & (df["layer"] == 1) & (df["head"] == 0) & (df["metric"] == "QK.effective_rank")]
+    assert row.value.item() == pytest.approx(m["head"]["QK.effective_rank"][-1][1][0])
+
+
+def test_checkpoint_series_gives_the_same_numbers(trained, tmp_path):
+    """A checkpoint of the same model, analysed through analyze-checkpoints with the recording's probe."""
+    name, model, run, probe = trained
+    ck = tmp_path / "ckpts"
+    save_config(model, ck)
+    torch.save(model.state_dict(), ck / "step_3.pt")
+    (tmp_path / "probe.txt").write_text("\n".join(" ".join(map(str, r)) for r in probe.tolist()))
+    assert main(["analyze-checkpoints", str(ck), "--out", str(tmp_path / "out"), "--quiet",
+                 "--probe", str(tmp_path / "probe.txt")]) == 0
+    c = json.loads((tmp_path / "out" / "metrics.json").read_text())["series"][0]
+    r = analyze_recording(run, progress=False)
+    tol = dict(rel=3e-2, abs=3e-2) if model.cfg.dtype == torch.bfloat16 else dict(rel=1e-5, abs=1e-6)
+    assert c["steps"] == [3]
+    for metric in ("QK.effective_rank", "OV.stable_rank", "entropy", "prefix_matching"):
+        assert torch.tensor(c["head"][metric][-1]) == pytest.approx(r.head[metric][-1].float(), **tol), metric
+    for mode in "QKV":
+        assert torch.tensor(c["composition"][mode][-1]) == pytest.approx(r.composition[mode][-1].float(), **tol)
+    if not model.cfg.attn_only:
+        W = model.blocks[0].mlp.W_in.detach().double()
+        Wn = W.T / W.T.norm(dim=1, keepdim=True)
+        assert c["layer"]["mlp_condensation"][-1][0] == pytest.approx(torch.linalg.eigvalsh(Wn @ Wn.T)[-1].item() / W.shape[1], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- known answer
+def induction_model() -> HookedTransformer:
+    """Hand-set 2-layer attn-only model: L0H0 attends exactly to the previous position and copies its token into
+    'previous token' dims; L1H0 attends exactly to positions whose previous token equals the current token."""
+    n_ctx, V, big = 12, 10, 400.0
+    cfg = HookedTransformerConfig(n_layers=2, d_model=n_ctx + 2 * V, d_head=16, n_heads=2, d_vocab=V, n_ctx=n_ctx,
+                                  attn_only=True, normalization_type=None, seed=0, device="cpu")
+    m = HookedTransformer(cfg)
+    P, T, R = 0, n_ctx, n_ctx + V  # position, token, previous-token dims
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+        m.embed.W_E[:] = torch.eye(cfg.d_model)[T:T + V]
+        m.pos_embed.W_pos[:] = torch.eye(cfg.d_model)[P:P + n_ctx]
+        a0, a1 = m.blocks[0].attn, m.blocks[1].attn
+        for p in range(n_ctx):
+            a0.W_K[0, P + p, p] = 1.0
+            if p >= 1:
+                a0.W_Q[0, P + p, p - 1] = big  # q_i . k_j = big [j == i - 1]
+        for t in range(V):
+            a0.W_V[0, T + t, t] = 1.0
+            a0.W_O[0, t, R + t] = 1.0  # copy the attended token into the previous-token dims
+            a1.W_Q[0, T + t, t] = big
+            a1.W_K[0, R + t, t] = 1.0  # q_i . k_j = big [tok_i == prev_tok_j]
+        a1.W_K[0, P + 0, V] = 1.0
+        a1.b_Q[0, V] = -big  # position 0 has no previous token
+        m.unembed.W_U[:] = torch.randn(cfg.d_model, V, generator=torch.Generator().manual_seed(0))
+    return m
+
+
+def test_known_previous_token_and_induction_heads(tmp_path):
+    m = induction_model()
+    probe = repeated_random_tokens(10, 12, n=4, seed=3)
+    CircuitRecorder(m, store=tmp_path / "run", schedule=[], probe_tokens=probe).record(0)
+    assert main(["analyze", str(tmp_path / "run"), "--quiet"]) == 0
+    h = json.loads((tmp_path / "run" / "metrics.json").read_text())["series"][0]["head"]
+    assert h["prev_token"][0][0][0] == pytest.approx(1.0, abs=1e-6)
+    assert h["prefix_matching"][0][1][0] == pytest.approx(1.0, abs=1e-6)
+    assert h["prev_token"][0][0][1] < 0.5 and h["prefix_matching"][0][1][1] < 0.5  # zero heads: uniform attention
+    assert h["prefix_matching"][0][0][0] < 0.2 and h["prev_token"][0][1][0] < 0.5
+    # same answer from a checkpoint series with the default repeated-random-tokens probe
+    save_config(m, tmp_path / "ck")
+    torch.save(m.state_dict(), tmp_path / "ck" / "step_0.pt")
+    r = analyze_series(open_series(str(tmp_path / "ck")), progress=False)
+    assert r.head["prev_token"][0, 0, 0].item() == pytest.approx(1.0, abs=1e-6)
+    assert r.head["prefix_matching"][0, 1, 0].item() == pytest.approx(1.0, abs=1e-6)
+    # K-composition: the induction head reads the previous-token head's output through its keys, and only it
+    K = torch.nan_to_num(r.composition["K"][0])  # a zero head's score is 0/0
+    assert K[0, 0, 1, 0] > 0.3 and K[0, 0, 1, 0] == K.max()
+    assert r.composition["Q"][0][0, 0, 1, 0].abs() < 1e-12  # its queries read token dims, which L0H0 never writes
