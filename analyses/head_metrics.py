@@ -136,11 +136,22 @@ def composition_scores(
 def composition_scores_dense(
     QK: Float[Tensor, "layer head d_model d_model"], OV: Float[Tensor, "layer head d_model d_model"]
 ) -> dict[str, Float[Tensor, "layer head layer head"]]:
-    """:func:`composition_scores` from dense circuits (a FactoredMatrix ``(A, I)`` of each)."""
-    from transformer_lens import FactoredMatrix
-
-    eye = torch.eye(QK.shape[-1], dtype=torch.float64)
-    return _composition(FactoredMatrix(QK.to(torch.float64), eye), FactoredMatrix(OV.to(torch.float64), eye))
+    """:func:`composition_scores` from dense circuits: ||OV_1 R_2||_F / (||OV_1||_F ||R_2||_F), the quantity
+    ``transformer_lens.utils.composition_scores`` computes (its SVD collapse keeps Frobenius norms), without
+    the d_model x d_model SVDs a FactoredMatrix of a dense matrix would run."""
+    QK, OV = QK.to(torch.float64), OV.to(torch.float64)
+    L = QK.shape[0]
+    mask = torch.arange(L)[:, None, None, None] < torch.arange(L)[None, None, :, None]
+    nOV = torch.linalg.matrix_norm(OV)
+    out = {}
+    for mode, right in (("Q", QK), ("K", QK.transpose(-2, -1)), ("V", OV)):
+        prod = torch.zeros(mask.shape[0], OV.shape[1], *right.shape[:2], dtype=torch.float64)
+        for l1 in range(L - 1):  # one left head at a time: memory of one [layer, head, d, d] product
+            for h1 in range(OV.shape[1]):
+                prod[l1, h1, l1 + 1:] = torch.linalg.matrix_norm(OV[l1, h1] @ right[l1 + 1:])
+        s = prod / nOV[:, :, None, None] / torch.linalg.matrix_norm(right)[None, None]
+        out[mode] = torch.where(mask, s, torch.zeros_like(s))
+    return out
 
 
 def _composition(QK, OV) -> dict[str, Tensor]:

@@ -143,6 +143,7 @@ def write_report(results: list, out_dir: str | Path, title: str = "Series analys
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / json_name, {"series": [r.to_json() for r in results]})
     rep = Report(title)
+    fig = lambda f, caption: rep.figure(f, caption, dpi=80)  # noqa: E731 - text layout dominates render time
     rep.note("Weights are analysed as the model holds them (no LayerNorm folding), cast to float64.")
     for r in results:
         rep.h2(f"{r.name}: {len(r.steps)} states, steps {r.steps[0]}..{r.steps[-1]}, "
@@ -150,19 +151,19 @@ def write_report(results: list, out_dir: str | Path, title: str = "Series analys
         for n in r.notes:
             rep.note(n)
         rep.table(r.final(), f"every head metric at step {r.steps[-1]}")
-        rep.figure(plot(r, "rank"), "QK = W_Q W_K^T and OV = W_V W_O: effective rank (Roy & Vetterli), stable rank, "
+        fig(plot(r, "rank"), "QK = W_Q W_K^T and OV = W_V W_O: effective rank (Roy & Vetterli), stable rank, "
                                     "top-1 energy per layer and head (docs/theory.md §3)")
         if not torch.isnan(r.head["entropy"]).all():
-            rep.figure(plot(r, "attention"), "attention entropy -sum a log(a + 1e-8) on the probe, per head")
-            rep.figure(plot(r, "key_mass"), "attention mass by key token on the probe (top tokens)")
-        rep.figure(plot(r, "scores"), "previous-token and prefix-matching (induction) scores (TransformerLens "
+            fig(plot(r, "attention"), "attention entropy -sum a log(a + 1e-8) on the probe, per head")
+            fig(plot(r, "key_mass"), "attention mass by key token on the probe (top tokens)")
+        fig(plot(r, "scores"), "previous-token and prefix-matching (induction) scores (TransformerLens "
                                       f"head_detector patterns), QK/OV eigenvalue scores ({r.meta.get('eig_space', '-')} space)")
         if r.composition:
-            rep.figure(plot(r, "composition"), "Q/K/V composition scores (transformer_lens.utils.composition_scores)")
+            fig(plot(r, "composition"), "Q/K/V composition scores (transformer_lens.utils.composition_scores)")
         if r.rel_change:
-            rep.figure(plot(r, "rel_change"), "relative change per parameter")
+            fig(plot(r, "rel_change"), "relative change per parameter")
         if r.neurons:
-            rep.figure(plot(r, "condensation"), "MLP neurons' input-weight cosine matrix, reordered by the principal "
+            fig(plot(r, "condensation"), "MLP neurons' input-weight cosine matrix, reordered by the principal "
                                                 "eigenvector (condensation, docs/theory.md §3)")
         v = pattern_view(r, layers, heads)
         if v is not None:

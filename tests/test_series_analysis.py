@@ -10,7 +10,7 @@ from transformer_lens import FactoredMatrix, HookedTransformer, HookedTransforme
 from sslens.analyses.checkpoints import analyze_series
 from sslens.analyses.report import external_resources
 from sslens.analyses.series import analyze_recording, repeated_random_tokens
-from sslens.checkpoints import open_series, save_config
+from sslens.checkpoints import load_probe, open_series, save_config
 from sslens.cli import main
 from sslens.hooks import CircuitRecorder
 
@@ -95,9 +95,7 @@ def test_checkpoint_series_gives_the_same_numbers(trained, tmp_path):
     save_config(model, ck)
     torch.save(model.state_dict(), ck / "step_3.pt")
     (tmp_path / "probe.txt").write_text("\n".join(" ".join(map(str, r)) for r in probe.tolist()))
-    assert main(["analyze-checkpoints", str(ck), "--out", str(tmp_path / "out"), "--quiet",
-                 "--probe", str(tmp_path / "probe.txt")]) == 0
-    c = json.loads((tmp_path / "out" / "metrics.json").read_text())["series"][0]
+    c = analyze_series(open_series(str(ck)), probe=load_probe(tmp_path / "probe.txt"), progress=False).to_json()
     r = analyze_recording(run, progress=False)
     tol = dict(rel=3e-2, abs=3e-2) if model.cfg.dtype == torch.bfloat16 else dict(rel=1e-5, abs=1e-6)
     assert c["steps"] == [3]
