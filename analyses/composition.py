@@ -15,6 +15,7 @@ are the shared ones in :mod:`sslens.theory.composition`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
@@ -28,11 +29,11 @@ from sslens.store import RunStore
 from sslens.theory.composition import composition, distinct_entropy, entropy, recall
 
 
-def _store(run: str | RunStore) -> RunStore:
+def _store(run: str | Path | RunStore) -> RunStore:
     return run if isinstance(run, RunStore) else RunStore(run)
 
 
-def spec_of(run: str | RunStore) -> SequenceClassSpec:
+def spec_of(run: str | Path | RunStore) -> SequenceClassSpec:
     """The sequence-class spec of a run (``config.json`` task.spec)."""
     task = _store(run).read_config().get("task", {})
     if "spec" not in task:
@@ -60,7 +61,7 @@ def c_n_of_model(model: HookedTransformer, spec: SequenceClassSpec, layer: int =
     return c_n(Z_of_model(model, layer, head), spec)
 
 
-def c_n_at_checkpoint(run: str | RunStore, step: int | None = None) -> Float[Tensor, "K M"]:
+def c_n_at_checkpoint(run: str | Path | RunStore, step: int | None = None) -> Float[Tensor, "K M"]:
     """c_n of a run's checkpoint (default: the last), rebuilt from the safetensors file."""
     store = _store(run)
     return c_n_of_model(store.load_model(step), spec_of(store))
@@ -69,7 +70,7 @@ def c_n_at_checkpoint(run: str | RunStore, step: int | None = None) -> Float[Ten
 def empirical_composition(
     pattern: Float[Tensor, "probe q k"] | Float[Tensor, "probe head q k"],
     tokens: Int[Tensor, "probe pos"],
-    target: Int[Tensor, "probe"],
+    target: Int[Tensor, " probe"],
     spec: SequenceClassSpec,
     head: int = 0,
 ) -> Float[Tensor, "K M"]:
@@ -113,7 +114,7 @@ class CompositionTrajectory:
         """Fig. 6 metric: entropy of c_n on the class's distinct tokens, renormalised."""
         return distinct_entropy(self.c, self.spec.distinct)
 
-    def recall(self, thresholds: Float[Tensor, "n_thr"]) -> Float[Tensor, "steps n_thr"]:
+    def recall(self, thresholds: Float[Tensor, " n_thr"]) -> Float[Tensor, "steps n_thr"]:
         """Figs. 11-12: fraction of all distinct tokens with c above each threshold, per step."""
         return recall(self.c, self.spec.distinct, thresholds)
 
@@ -122,7 +123,7 @@ class CompositionTrajectory:
         return self.z[:, self.spec.queries[k], :]
 
 
-def trajectory(run: str | RunStore, layer: int = 0, head: int = 0) -> CompositionTrajectory:
+def trajectory(run: str | Path | RunStore, layer: int = 0, head: int = 0) -> CompositionTrajectory:
     """c_n(t) of a run from its recorded token-space QK circuit (``blocks.{layer}.QK_tok``, one head)."""
     store = _store(run)
     spec = spec_of(store)
@@ -134,7 +135,9 @@ def trajectory(run: str | RunStore, layer: int = 0, head: int = 0) -> Compositio
     return CompositionTrajectory(rec.steps, c_n(Z, spec), Z, spec)
 
 
-def empirical_trajectory(run: str | RunStore, layer: int = 0, head: int = 0) -> tuple[list[int], Float[Tensor, "steps K M"]]:
+def empirical_trajectory(
+    run: str | Path | RunStore, layer: int = 0, head: int = 0
+) -> tuple[list[int], Float[Tensor, "steps K M"]]:
     """Empirical composition (probe patterns, last query row) at every recorded step."""
     store = _store(run)
     spec = spec_of(store)

@@ -13,11 +13,12 @@ from torch import Tensor
 
 
 def _ratio(a: Tensor, b: Tensor) -> Tensor:
-    """a / b, and 0 where b = 0 (the zero matrix has rank 0 by every measure here)."""
+    """A / b, and 0 where b = 0 (the zero matrix has rank 0 by every measure here)."""
     return torch.where(b > 0, a / b.clamp_min(torch.finfo(b.dtype).tiny), torch.zeros_like(a))
 
 
 def singular_values(A: Float[Tensor, "... m n"]) -> Float[Tensor, "... k"]:
+    """Singular values in float64, descending."""
     return torch.linalg.svdvals(A.to(torch.float64))
 
 
@@ -87,21 +88,25 @@ class RankTrajectory:
     values: dict[str, dict[str, Tensor]]
 
     def plot(self, metric: str = "effective_rank", ax=None):
-        """One line per matrix (and head) of ``metric`` against step."""
-        import matplotlib
+        """One line per matrix (and head) of ``metric`` against step (log-spaced recordings: symlog x); the Axes.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        Without ``ax`` a new pyplot figure is made (shown inline in notebooks); the backend is left alone.
+        """
+        from sslens.analyses.report import legend
 
         if ax is None:
-            _, ax = plt.subplots(figsize=(5, 3.2))
+            import matplotlib.pyplot as plt
+
+            _, ax = plt.subplots(figsize=(5, 3.2), layout="constrained")
         for name, ms in self.values.items():
             v = ms[metric].reshape(len(self.steps), -1)
             for h in range(v.shape[1]):
                 ax.plot(self.steps, v[:, h].float().numpy(), label=name if v.shape[1] == 1 else f"{name}[{h}]")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(left=0)
         ax.set_xlabel("step")
         ax.set_ylabel(metric.replace("_", " "))
-        ax.legend(fontsize=7)
+        legend(ax, fontsize=7)
         return ax
 
 

@@ -1,8 +1,10 @@
 """Self-contained HTML reports: embedded PNG figures, tables, and circuitsvis views that open offline.
 
 circuitsvis views are written from ``RenderedHTML.local_src`` (its JavaScript bundle inlined); never
-from ``_repr_html_``/``str()``, which probe the network and fall back to a CDN. Each view inlines the
-~1.3 MB bundle, so a report shows several steps in one view (one "head" per step), not one view each.
+from ``_repr_html_``/``str()``, which probe the network and fall back to a CDN. The ~1.3 MB bundle is
+inlined once per page (a classic script defining ``CircuitsVis``); each view adds only its render call.
+Figures are scaled to fit the 1100 px column (``img{max-width:100%}`` too); :func:`legend` moves a
+legend outside the axes past 8 entries.
 """
 
 from __future__ import annotations
@@ -13,18 +15,23 @@ import io
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from sslens.store import atomic_write_text
 
+MAX_WIDTH_PX = 1080  # the report column is 1100 px wide (CSS max-width) at a 1280 px viewport
+LEGEND_INSIDE_MAX = 8  # more legend entries than this go outside the axes
+_CV_CALL = "CircuitsVis.render("
+
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;color:#222}
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:24px auto;
+padding:0 16px;color:#222}
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:.9em;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 th{background:#f4f4f4}.pass{color:#0a7a2f;font-weight:600}.fail{color:#b00020;font-weight:600}
-figure{margin:12px 0}figcaption{font-size:.85em;color:#555}.note{background:#fff7e0;border-left:4px solid #e0a800;padding:6px 10px}
+figure{margin:12px 0}img{max-width:100%;height:auto}figcaption{font-size:.85em;color:#555}
+.note{background:#fff7e0;border-left:4px solid #e0a800;padding:6px 10px}.cv{max-width:100%;overflow-x:auto}
 """
 
 
@@ -34,45 +41,51 @@ class Report:
     def __init__(self, title: str):
         self.title = title
         self.parts: list[str] = []
+        self._cv_bundle = False  # circuitsvis JavaScript already on the page
 
-    def h2(self, text: str) -> "Report":
+
+    def h2(self, text: str) -> Report:
+        """A section heading."""
         self.parts.append(f"<h2>{html.escape(text)}</h2>")
         return self
 
-    def p(self, text: str, cls: str | None = None) -> "Report":
+    def p(self, text: str, cls: str | None = None) -> Report:
+        """A paragraph of (escaped) text."""
         c = f' class="{cls}"' if cls else ""
         self.parts.append(f"<p{c}>{html.escape(text)}</p>")
         return self
 
-    def links(self, items: Sequence[tuple[str, str]], label: str = "") -> "Report":
+    def links(self, items: Sequence[tuple[str, str]], label: str = "") -> Report:
         """A line of relative links, e.g. to per-run reports."""
         a = ", ".join(f'<a href="{html.escape(href)}">{html.escape(text)}</a>' for text, href in items)
         self.parts.append(f"<p>{html.escape(label)}{a}</p>")
         return self
 
-    def note(self, text: str) -> "Report":
+    def note(self, text: str) -> Report:
+        """A highlighted note (e.g. a known failure regime)."""
         return self.p(text, cls="note")
 
-    def figure(self, fig, caption: str | None = None, dpi: int = 110) -> "Report":
-        """Embed a matplotlib figure as a base64 PNG (and close it)."""
-        import matplotlib.pyplot as plt
-
+    def figure(self, fig, caption: str | None = None, dpi: int = 110) -> Report:
+        """Embed a matplotlib Figure as a base64 PNG at most ``MAX_WIDTH_PX`` wide (and release it)."""
         buf = io.BytesIO()
+        dpi = min(dpi, MAX_WIDTH_PX / max(fig.get_figwidth() + 0.3, 1e-3))  # + margin: legends, bbox_inches
         fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-        plt.close(fig)
+        _release(fig)
         data = base64.b64encode(buf.getvalue()).decode()
-        cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-        self.parts.append(f'<figure><img alt="{html.escape(caption or "figure")}" src="data:image/png;base64,{data}">{cap}</figure>')
-        return self
+        return self._img(data, caption, "figure")
 
-    def image(self, png: bytes, caption: str | None = None) -> "Report":
+    def image(self, png: bytes, caption: str | None = None) -> Report:
         """Embed PNG bytes (e.g. a figure another step wrote to disk) as a base64 image."""
         data = base64.b64encode(png).decode()
+        return self._img(data, caption, "image")
+
+    def _img(self, b64: str, caption: str | None, alt: str) -> Report:
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-        self.parts.append(f'<figure><img alt="{html.escape(caption or "image")}" src="data:image/png;base64,{data}">{cap}</figure>')
+        src = f"data:image/png;base64,{b64}"
+        self.parts.append(f'<figure><img alt="{html.escape(caption or alt)}" src="{src}">{cap}</figure>')
         return self
 
-    def table(self, rows: Sequence[dict[str, Any]], caption: str | None = None) -> "Report":
+    def table(self, rows: Sequence[dict[str, Any]], caption: str | None = None) -> Report:
         """A table from dicts; a boolean column named ``pass`` is coloured."""
         if not rows:
             return self
@@ -94,14 +107,19 @@ class Report:
         self.parts.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
         return self
 
-    def circuitsvis(self, rendered, caption: str | None = None) -> "Report":
-        """A circuitsvis view from its ``local_src`` (inlined JS; no network)."""
-        self.parts.append(f'<div class="cv">{rendered.local_src}</div>')
+    def circuitsvis(self, rendered, caption: str | None = None) -> Report:
+        """A circuitsvis view from its ``local_src``; its JavaScript bundle is inlined once per page."""
+        div, bundle, call = split_circuitsvis(rendered.local_src)
+        if not self._cv_bundle:
+            self.parts.append(f"<script>{bundle}</script>")  # classic script: CircuitsVis becomes a global
+            self._cv_bundle = True
+        self.parts.append(f'<div class="cv">{div}<script type="module">{call}</script></div>')
         if caption:
             self.parts.append(f"<p><small>{html.escape(caption)}</small></p>")
         return self
 
     def render(self) -> str:
+        """The whole page."""
         t = html.escape(self.title)
         return (
             f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{t}</title>'
@@ -109,13 +127,40 @@ class Report:
         )
 
     def save(self, path: str | Path) -> Path:
+        """Write the page atomically."""
         path = Path(path)
         atomic_write_text(path, self.render())
         return path
 
 
+def split_circuitsvis(local_src: str) -> tuple[str, str, str]:
+    """``(div, bundle, render call)`` of a circuitsvis ``local_src`` (div + one module script: bundle then call)."""
+    head, sep, call = local_src.rpartition(_CV_CALL)
+    div, tag, rest = head.partition("<script")
+    if not (sep and tag and call.rstrip().endswith("</script>")):
+        raise ValueError("unexpected circuitsvis local_src layout (expected <div/><script>bundle render()</script>)")
+    bundle = rest.split(">", 1)[1]
+    return div, bundle, sep + call.rstrip()[: -len("</script>")]
+
+
+def legend(ax, **kwargs):
+    """``ax.legend``; with more than ``LEGEND_INSIDE_MAX`` entries it goes outside, right of the axes."""
+    handles, _ = ax.get_legend_handles_labels()
+    if len(handles) > LEGEND_INSIDE_MAX:
+        kwargs = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0, **kwargs}
+    return ax.legend(**kwargs)
+
+
+def _release(fig) -> None:
+    """Close a pyplot-managed figure; a plain ``matplotlib.figure.Figure`` is simply dropped."""
+    if getattr(fig.canvas, "manager", None) is not None:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
 def attention_steps_view(
-    patterns: Float[Tensor, "steps q k"], tokens: list[str], steps: Sequence[int], max_tokens: int = 64
+    patterns: Float[Tensor, "steps q k"], tokens: Sequence[str | int], steps: Sequence[int], max_tokens: int = 64
 ):
     """One circuitsvis ``attention_heads`` view with one panel per step (steps shown as heads)."""
     import circuitsvis as cv

@@ -32,6 +32,7 @@ from jaxtyping import Float
 from scipy.stats import pearsonr, spearmanr
 from torch import Tensor
 
+from sslens.constants import Y_PARAM, Z_PARAM
 from sslens.data.sequence_classes import SequenceClassSpec
 from sslens.errors import SslensError
 from sslens.theory import scan_snap as theory
@@ -42,10 +43,10 @@ TOL = {"thm2": 0.9, "thm3_cv": 0.25, "thm3_general": 0.25, "spearman": 0.9, "sna
 def regime(cfg: dict) -> dict:
     """Optimizer, momentum, eta_Y, eta_Z, their ratio, init and schedule of a run's config.json."""
     t = cfg["train"]
-    eta_Z, eta_Y = t["lr"].get("blocks.0.attn.W_Q"), t["lr"].get("unembed.W_U")
+    eta_Z, eta_Y = t["lr"].get(Z_PARAM), t["lr"].get(Y_PARAM)
     if eta_Z is None or eta_Y is None:
-        raise SslensError("train.lr", "not a Y/Z run (no rate for blocks.0.attn.W_Q / unembed.W_U)",
-                          "{'blocks.0.attn.W_Q': eta_Z, 'unembed.W_U': eta_Y}")
+        raise SslensError("train.lr", f"not a Y/Z run (no rate for {Z_PARAM} / {Y_PARAM})",
+                          f"{{'{Z_PARAM}': eta_Z, '{Y_PARAM}': eta_Y}}")
     mom = t.get("momentum", 0.0) if t["optimizer"] == "sgd" else 0.0
     return {
         "optimizer": t["optimizer"], "momentum": mom, "eta_Y": eta_Y, "eta_Z": eta_Z,
@@ -56,6 +57,7 @@ def regime(cfg: dict) -> dict:
 
 
 def regime_text(r: dict) -> str:
+    """The regime as one readable line."""
     return f"{r['optimizer']}, momentum {r['momentum']:g}, eta_Y/eta_Z = {r['ratio']:g}, {r['init']} init"
 
 
@@ -89,8 +91,10 @@ def snap_from_speed(steps: list[int], speed: np.ndarray, frac: float = 0.1) -> f
 
 
 def snap_step(steps: list[int], c: Float[Tensor, "steps K M"], frac: float = 0.1) -> float:
-    """Median over classes of the first recorded step after the peak speed of c_n where the speed
-    (TV between consecutive recordings per step) is below ``frac`` of its peak; the last step if never."""
+    """Snap step: median over classes of the first step after c_n's peak speed where it falls below ``frac`` x peak.
+
+    Speed: TV distance between consecutive recordings per step; the last step if it never falls.
+    """
     dt = np.diff(np.asarray(steps, dtype=np.float64))
     out = []
     for k in range(c.shape[1]):
@@ -119,8 +123,10 @@ def thm3_cv(dz: Float[Tensor, "K M"], spec: SequenceClassSpec, top: int | None =
 
 
 def thm3_general_error(z0: Float[Tensor, "K M"], z1: Float[Tensor, "K M"], spec: SequenceClassSpec) -> list[float]:
-    """Per class: ||z_pred - z1|| / ||z1 - z0|| over the distinct tokens other than the most likely one,
-    z_pred from the general-form Thm 3 given that token's z (inf if a prediction diverges)."""
+    """Per class: ||z_pred - z1|| / ||z1 - z0|| over the distinct tokens other than the most likely one.
+
+    z_pred from the general-form Thm 3 given that token's z (inf if a prediction diverges).
+    """
     P = spec.P()
     out = []
     for k, d in enumerate(spec.distinct):
@@ -189,7 +195,8 @@ def checks(traj, cfg: dict) -> dict:
     rows.append(_row("Thm 4: final log chi measured / predicted", final_ratio, "1", "reported", None, r))
     return {
         "regime": r, "regime_text": regime_text(r), "known_failures": known_failures(r), "rows": rows,
-        "t0": t0, "t0_flow": t0_flow, "snap_step": ts, "snap_step_theory": ts_theory, "chi_measured": chi_m.tolist(), "chi_predicted": chi_p.tolist(),
+        "t0": t0, "t0_flow": t0_flow, "snap_step": ts, "snap_step_theory": ts_theory,
+        "chi_measured": chi_m.tolist(), "chi_predicted": chi_p.tolist(),
         "steps": list(steps),
     }
 

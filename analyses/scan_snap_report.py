@@ -12,17 +12,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from sslens.analyses.composition import empirical_trajectory, total_variation, trajectory
+from sslens.analyses.report import Report, attention_steps_view, legend
+from sslens.analyses.scan_snap_checks import checks
+from sslens.hooks.recorder import Recording
+from sslens.store import RunStore, atomic_write_json
 
-from sslens.analyses.composition import empirical_trajectory, total_variation, trajectory  # noqa: E402
-from sslens.analyses.report import Report, attention_steps_view  # noqa: E402
-from sslens.analyses.scan_snap_checks import checks  # noqa: E402
-from sslens.hooks.recorder import Recording  # noqa: E402
-from sslens.store import RunStore, atomic_write_json  # noqa: E402
+
+def _subplots(figsize) -> tuple[Figure, matplotlib.axes.Axes]:
+    """One-axes Figure (not registered with pyplot; the backend is left alone)."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots()
 
 
 def composition_heatmap(traj, k: int, show_steps: list[int] | None = None, ax=None):
@@ -32,19 +36,19 @@ def composition_heatmap(traj, k: int, show_steps: list[int] | None = None, ax=No
     idx = [traj.steps.index(s) for s in (show_steps or traj.steps) if s in traj.steps]
     img = traj.c[idx][:, k, toks].numpy()
     if ax is None:
-        _, ax = plt.subplots(figsize=(5.2, 0.32 * len(idx) + 1.2))
+        ax = Figure(figsize=(5.2, 0.32 * len(idx) + 1.2), layout="constrained").subplots()
     im = ax.imshow(img, aspect="auto", cmap="viridis")
     ax.axvline(len(spec.common[k]) - 0.5, color="w", ls="--", lw=1)
     ax.set_yticks(range(len(idx)), [f"step {traj.steps[i]}" for i in idx], fontsize=7)
     ax.set_xticks(range(len(toks)), toks, fontsize=6, rotation=90)
     ax.set_xlabel("token id (common | distinct, P rising)")
     ax.set_title(f"c_n, class {k} (query {spec.queries[k]}, next {spec.nexts[k]})", fontsize=9)
-    plt.colorbar(im, ax=ax, fraction=0.04)
+    ax.figure.colorbar(im, ax=ax, fraction=0.04)
     return ax
 
 
 def _fig_entropy(traj, out):
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    fig, ax = _subplots(figsize=(5.5, 3.2))
     s = np.asarray(traj.steps, dtype=float)
     x = np.maximum(s, 0.5)
     ax.plot(x, traj.entropy.mean(1).numpy(), label="entropy of c_n (all tokens)")
@@ -54,7 +58,7 @@ def _fig_entropy(traj, out):
     ax.set_xscale("log")
     ax.set_xlabel("step (0 drawn at 0.5)")
     ax.set_ylabel("nats (mean over classes)")
-    ax.legend(fontsize=7)
+    legend(ax, fontsize=7)
     return fig
 
 
@@ -62,13 +66,15 @@ def _fig_z(traj, k=0):
     spec = traj.spec
     z = traj.z_of_class(k).numpy()
     P = spec.P()[k].numpy()
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    cmap = plt.get_cmap("plasma")
+    fig, ax = _subplots(figsize=(5.5, 3.2))
+    cmap = matplotlib.colormaps["plasma"]
     pmax = P[spec.distinct[k]].max()
     for l in spec.distinct[k]:
         ax.plot(traj.steps, z[:, l], color=cmap(P[l] / pmax * 0.9))
     for l in spec.common[k]:
         ax.plot(traj.steps, z[:, l], color="0.6", lw=0.8)
+    ax.set_xscale("symlog", linthresh=1)  # the recording schedule is log-spaced
+    ax.set_xlim(left=0)
     ax.set_xlabel("step")
     ax.set_ylabel("z_ml")
     ax.set_title(f"z trajectories, class {k}: distinct (colour = P(l|n)), common (grey)", fontsize=9)
@@ -76,7 +82,7 @@ def _fig_z(traj, k=0):
 
 
 def _fig_chi(out):
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    fig, ax = _subplots(figsize=(5.5, 3.2))
     t = np.asarray(out["steps"], dtype=float)
     ax.plot(t, out["chi_measured"], "o-", ms=3, label="measured e^{2 dz} (top distinct token)")
     ax.plot(t, out["chi_predicted"], "--", label="Thm 4 chi(t)")
@@ -86,12 +92,12 @@ def _fig_chi(out):
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("chi")
-    ax.legend(fontsize=7)
+    legend(ax, fontsize=7)
     return fig
 
 
 def _fig_recall(traj, thresholds):
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    fig, ax = _subplots(figsize=(5.5, 3.2))
     rec = traj.recall(torch.as_tensor(thresholds))
     idx = sorted(set(np.linspace(0, len(traj.steps) - 1, 4).round().astype(int).tolist()))
     for i in idx:
@@ -100,7 +106,7 @@ def _fig_recall(traj, thresholds):
     ax.set_xscale("log")
     ax.set_xlabel("threshold on c_{l|n}")
     ax.set_ylabel("recall of distinct tokens")
-    ax.legend(fontsize=7)
+    legend(ax, fontsize=7)
     return fig
 
 
@@ -111,19 +117,19 @@ def _fig_empirical(traj, emp_steps, emp, k=0):
     c = traj.c[traj.steps.index(s), k].numpy()
     e = emp[-1, k].numpy()
     toks = spec.common[k] + spec.distinct[k]
-    fig, ax = plt.subplots(figsize=(6.5, 3.0))
+    fig, ax = _subplots(figsize=(6.5, 3.0))
     x = np.arange(len(toks))
     ax.bar(x - 0.2, c[toks], 0.4, label="c_n (long-sequence limit, from Z)")
     ax.bar(x + 0.2, e[toks], 0.4, label="probe batch (last query row)")
     ax.set_xticks(x, toks, fontsize=6, rotation=90)
     ax.set_xlabel("token id (common | distinct)")
     ax.set_title(f"class {k}, step {s}", fontsize=9)
-    ax.legend(fontsize=7)
+    legend(ax, fontsize=7)
     return fig
 
 
 def _fig_loss(rows):
-    fig, ax = plt.subplots(figsize=(5.5, 2.8))
+    fig, ax = _subplots(figsize=(5.5, 2.8))
     ax.semilogy([r["step"] for r in rows], [r["loss"] for r in rows])
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
@@ -166,10 +172,11 @@ def analyze(run_dir: Path, out_dir: Path | None = None, view_steps: int = 4) -> 
     rep.table(out["rows"])
     rep.h2("Attention composition c_n over time")
     for k in range(min(traj.spec.K, 2)):
-        fig, ax = plt.subplots(figsize=(5.6, 0.3 * len(traj.steps) + 1.3))
+        fig, ax = _subplots(figsize=(5.6, 0.3 * len(traj.steps) + 1.3))
         composition_heatmap(traj, k, ax=ax)
         rep.figure(fig, f"c_n of class {k} at every recorded step (long-sequence limit from the recorded Z)")
-    rep.figure(_fig_entropy(traj, out), "Entropy of c_n against step; dashed: predicted snap t0 (in steps); dotted: measured snap")
+    rep.figure(_fig_entropy(traj, out),
+               "Entropy of c_n against step; dashed: predicted snap t0 (in steps); dotted: measured snap")
     rep.figure(_fig_z(traj), "z_ml(t) for the query of class 0")
     rep.figure(_fig_chi(out), "chi(t): measured against Thm 4 (steps mapped to gradient-flow time for SGD momentum)")
     rep.figure(_fig_recall(traj, THRESHOLDS), "Recall (Figs. 11-12): fraction of distinct tokens with c_{l|n} above a threshold")

@@ -253,6 +253,11 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
                 res.key_tokens = vocab.tolist()
                 res.key_mass = torch.full((S, n_layers, n_heads, vocab.numel()), float("nan"), dtype=torch.float64)
                 dets = hm.detection_patterns(res.probe)
+        bad = sorted(k for k, v in st.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+        if bad:  # a diverged state: its metrics stay NaN
+            res.notes.append(f"step {step}: non-finite values in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}; "
+                             "its metrics are NaN")
+            continue
         attn_all = []
         for l in range(n_layers):
             attn = _attn(st, l, n_heads)
@@ -292,7 +297,7 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
                 comp = hm.composition_scores_dense(torch.stack([st[f"blocks.{l}.QK"] for l in range(n_layers)]),
                                                    torch.stack([st[f"blocks.{l}.OV"] for l in range(n_layers)]))
             for mode, v in (comp or {}).items():
-                comp_rows.setdefault(mode, []).append(v)
+                comp_rows.setdefault(mode, [None] * S)[i] = v
         recorded = {k[len("scores.rel_change."):]: float(v) for k, v in st.items() if k.startswith("scores.rel_change.")}
         if not recorded:  # relative change of the recorded weights against the first state
             for k, v in st.items():
@@ -305,7 +310,9 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
         from sslens.errors import SslensError
 
         raise SslensError("series", f"{source.name} holds no states", "a recording or checkpoint series with steps")
-    res.composition = {m: torch.stack(v) for m, v in comp_rows.items() if len(v) == S}
+    res.composition = {m: torch.stack([x if x is not None else torch.full_like(next(y for y in v if y is not None),
+                                                                             float("nan")) for x in v])
+                       for m, v in comp_rows.items()}
     res.layer = {m: torch.tensor(v, dtype=torch.float64) for m, v in layer_rows.items()}
     res.rel_change = {k: torch.tensor(v, dtype=torch.float64) for k, v in rel.items()}
     res.views = views

@@ -1,10 +1,14 @@
-"""The Scan&Snap Fig. 6 grid (640 runs x 100 steps) end to end with the exact count engine, against the
-HookedTransformer path and a plain per-run PyTorch loop of the same math, each timed on a subsample in
-this process and extrapolated to the grid."""
+"""Sweeps (docs/sweeps.md): the Scan&Snap Fig. 6 grid (640 runs x 100 steps) end to end with the exact
+count engine -- in this process and through the CLI (goal <= 25 s) -- against the HookedTransformer path
+and a plain per-run PyTorch loop of the same math (timed on a subsample, extrapolated); and a grid of
+HookedTransformer runs (>= 60 s of serial work) on 1 vs 2 local workers (goal >= 1.7x)."""
 
 from __future__ import annotations
 
+import math
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -50,6 +54,46 @@ def main() -> None:
     print(f"Fig. 6 grid, 640 runs x 100 steps, engine end to end (2 workers, stores + fig6.csv + plots): {grid:.1f} s")
     print(f"HookedTransformer path, extrapolated from {k} steps per size: {ht:.0f} s  -> engine is {ht / grid:.0f}x faster")
     print(f"plain per-run loop of the same math, extrapolated: {pl:.0f} s  -> engine is {pl / grid:.1f}x faster")
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "sslens.cli", "sweep", "scan-snap-fig6", "--out", d, "--quiet"], check=True,
+                       stdout=subprocess.DEVNULL)
+        cli = time.perf_counter() - t
+    print(f"the same through the CLI (`sslens sweep scan-snap-fig6`, a fresh process): {cli:.1f} s"
+          f"  -> {25 / cli:.2f} x the 25 s goal's speed ({'met' if cli <= 25 else 'missed'})")
+    hooked_grid()
+
+
+def hooked_grid() -> None:
+    """8 standard HookedTransformer runs (Adam, d_model 64, 4 heads) sized to >= 60 s of serial work."""
+    from sslens.data import syn_small
+    from sslens.models.standard import standard_config
+    from sslens.sweeps.grid import run_grid
+    from sslens.tasks import SequenceClassTask
+    from sslens.train import TrainConfig
+
+    s = syn_small(T=32)
+    n_runs, target = (4, 15.0) if QUICK else (8, 60.0)
+    base = TrainConfig(model=standard_config(s.M, d_model=64, n_heads=4, d_mlp=256, n_ctx=32),
+                       task=SequenceClassTask(s).to_dict(), steps=20, batch=64, optimizer="adam", lr={"*": 1e-3},
+                       record_n=0, checkpoint_every=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one worker = one core (each of 2 workers gets cores // 2 = 1 thread)
+    t = time.perf_counter()
+    train(base, progress=False)
+    per_step = (time.perf_counter() - t) / base.steps
+    steps = max(20, math.ceil(target / (n_runs * per_step)))
+    spec = {"base": {**base.to_dict(), "steps": steps}, "grid": {"seed": list(range(1, n_runs + 1))}}
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        run_grid(spec, f"{d}/w1", workers=1, progress=False)
+        one = time.perf_counter() - t
+        torch.set_num_threads(threads)
+        t = time.perf_counter()
+        run_grid(spec, f"{d}/w2", workers=2, progress=False)
+        two = time.perf_counter() - t
+    print(f"HookedTransformer grid, {n_runs} runs x {steps} steps: 1 worker {one:.1f} s, 2 workers {two:.1f} s"
+          f"  -> {one / two:.2f}x (goal >= 1.7x; {os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":

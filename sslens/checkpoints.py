@@ -234,20 +234,46 @@ def _tl_train_notes(files: list[tuple[int, Path]]) -> list[str]:
     return notes
 
 
+def hf_cache_dir(repo: str) -> Path:
+    """Where huggingface_hub keeps ``repo`` (``HF_HUB_CACHE/models--org--name``)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
+
+
 def _pretrained(name: str, indices: list[int]) -> Series:
+    """Offline only: the name and the local cache are checked before any loading (no network, no retries)."""
     require(bool(indices), "checkpoint_indices", "none given for a pretrained series", "one or more ints")
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    allowed = "a model with checkpoints already downloaded to the Hugging Face cache"
+    try:
+        repo = get_official_model_name(name)
+    except ValueError:
+        raise SslensError("pretrained", f"{name!r} is not a TransformerLens model name",
+                          "a name of transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES") from None
+    require(hf_cache_dir(repo).is_dir(), "pretrained", f"{repo} is not in the local cache {hf_cache_dir(repo).parent}", allowed)
 
     def load(i: int) -> HookedTransformer:
         import os
 
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from huggingface_hub import constants
+
+        old_env, old_const = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
+        os.environ["HF_HUB_OFFLINE"], constants.HF_HUB_OFFLINE = "1", True  # read at call time: no network retries
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return HookedTransformer.from_pretrained(name, checkpoint_index=i, device="cpu")
         except Exception as e:  # noqa: BLE001 - any loader failure is reported in one line
             raise SslensError("pretrained", f"{name} checkpoint {i} is not in the local cache ({type(e).__name__})",
-                              "a model with checkpoints already downloaded to the Hugging Face cache") from None
+                              allowed) from None
+        finally:
+            constants.HF_HUB_OFFLINE = old_const
+            if old_env is None:
+                os.environ.pop("HF_HUB_OFFLINE", None)
+            else:
+                os.environ["HF_HUB_OFFLINE"] = old_env
 
     return Series(name, list(indices), load)
 

@@ -26,3 +26,15 @@ def choice(value: Any, field: str, allowed: list | tuple) -> Any:
     """Return ``value`` if it is one of ``allowed``, else raise naming ``field``."""
     require(value in allowed, field, f"got {value!r}", ", ".join(map(str, allowed)))
     return value
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became non-finite; ``str(err)`` is one line naming the step (the CLI exits 3)."""
+
+    def __init__(self, message: str, step: int | None = None):
+        self.step = step
+        super().__init__(message)
+
+
+EXIT_USAGE = 2  # bad input, refused before or without training
+EXIT_DIVERGED = 3  # training diverged (non-finite loss)

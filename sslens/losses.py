@@ -10,12 +10,12 @@ from torch import Tensor
 from sslens.errors import SslensError
 
 
-def last_token_ce(logits: Float[Tensor, "batch pos vocab"], target: Int[Tensor, "batch"]) -> Tensor:
+def last_token_ce(logits: Float[Tensor, "batch pos vocab"], target: Int[Tensor, " batch"]) -> Tensor:
     """Cross-entropy of the last position's logits against the next token."""
     return F.cross_entropy(logits[:, -1].float() if logits.dtype == torch.float16 else logits[:, -1], target)
 
 
-def last_token_exp(logits: Float[Tensor, "batch pos out"], target: Float[Tensor, "batch"]) -> Tensor:
+def last_token_exp(logits: Float[Tensor, "batch pos out"], target: Float[Tensor, " batch"]) -> Tensor:
     """Exponential loss mean_i exp(-y_i f(X_i)_s) on the first output of the last position (theory.md 2.1)."""
     return torch.exp(-target.to(logits.dtype) * logits[:, -1, 0]).mean()
 
@@ -29,6 +29,7 @@ LOSSES = {"last_ce": last_token_ce, "last_exp": last_token_exp, "all_ce": all_to
 
 
 def get_loss(name: str):
+    """The loss function registered as ``name`` (``last_ce``, ``last_exp``, ``all_ce``)."""
     if name not in LOSSES:
         raise SslensError("loss", f"unknown loss {name!r}", ", ".join(LOSSES))
     return LOSSES[name]

@@ -19,15 +19,17 @@ import json
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from sslens.errors import SslensError
+from sslens.errors import SslensError, require
+from sslens.lock import run_lock
 
 FILE_MODE = 0o644  # mkstemp creates 0600; run files are meant to be shared and read
 _STEP_RE = re.compile(r"step_(\d{8})\.safetensors$")
@@ -75,6 +77,7 @@ def atomic_save_tensors(
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         save_file(tensors, tmp, metadata={"sslens": json.dumps(metadata or {})})
+        os.chmod(tmp, FILE_MODE)  # save_file re-creates the file with the umask's mode (0600 under umask 077)
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -103,6 +106,32 @@ def step_file(step: int) -> str:
     return f"step_{step:08d}.safetensors"
 
 
+def check_out_path(path: str | os.PathLike, field: str = "out") -> Path:
+    """``path`` as an output directory, checked before anything is written (one-line errors).
+
+    Refuses ``''`` (it would mean the current directory), an existing file, a path under a file,
+    and a path whose nearest existing ancestor is not writable.
+    """
+    s = os.fspath(path)
+    allowed = "a directory path (new, or an existing directory) in a writable location"
+    require(isinstance(s, str) and s.strip() != "", field, "empty path", allowed)
+    require("\x00" not in s, field, "path contains a NUL byte", allowed)
+    p = Path(s)
+    try:
+        if p.exists():
+            require(p.is_dir(), field, f"{p} is a file, not a directory", allowed)
+            require(os.access(p, os.W_OK | os.X_OK), field, f"{p} is not writable", allowed)
+            return p
+        for parent in p.parents:
+            if parent.exists():
+                require(parent.is_dir(), field, f"{p} is under the file {parent}", allowed)
+                require(os.access(parent, os.W_OK | os.X_OK), field, f"{parent} is not writable", allowed)
+                break
+    except OSError as e:  # e.g. ENAMETOOLONG
+        raise SslensError(field, f"{p!s:.200}: {e.strerror}", allowed) from None
+    return p
+
+
 class RunStore:
     """One run directory. ``RunStore(path)`` does not create anything until something is written."""
 
@@ -121,9 +150,44 @@ class RunStore:
         atomic_write_json(self.config_path, config)
 
     def read_config(self) -> dict:
-        if not self.config_path.exists():
-            raise SslensError("run", f"{self.path} has no config.json", "an sslens run directory")
-        return json.loads(self.config_path.read_text())
+        """config.json as a dict; a missing, unreadable, non-JSON or non-object file is a one-line error."""
+        allowed = "an sslens run directory (config.json holding a JSON object)"
+        if not self.config_path.is_file():
+            raise SslensError("run", f"{self.path} has no config.json", allowed)
+        try:
+            cfg = json.loads(self.config_path.read_text())
+        except OSError as e:
+            raise SslensError("run", f"{self.config_path} is unreadable ({e.strerror})", allowed) from None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            msg = getattr(e, "msg", None) or type(e).__name__
+            raise SslensError("run", f"{self.config_path} is not valid JSON ({msg})", allowed) from None
+        require(isinstance(cfg, dict), "run", f"{self.config_path} holds a JSON {type(cfg).__name__}, not an object", allowed)
+        return cfg
+
+    # -- writing: the lock, temp files of killed writers -------------------------------------
+    @contextmanager
+    def writing(self, wait: bool = False, timeout: float | None = None) -> Iterator["RunStore"]:
+        """Hold the run directory's lock (``sslens.lock``) and clean temp files left by killed writers.
+
+        Every writer of a run directory (train, resume, the count engine, sweeps) writes inside this block.
+        """
+        with run_lock(self.path, wait=wait, timeout=timeout):
+            self.clean_temp()
+            yield self
+
+    def clean_temp(self) -> list[Path]:
+        """Remove ``.*.tmp`` files (atomic writes of killed processes); call only while holding the lock."""
+        removed = []
+        for d in (self.path, self.path / "checkpoints", self.path / "recordings"):
+            if not d.is_dir():
+                continue
+            for p in d.glob(".*.tmp"):
+                try:
+                    p.unlink()
+                    removed.append(p)
+                except FileNotFoundError:
+                    pass
+        return removed
 
     # -- checkpoints ----------------------------------------------------------------------
     def _steps(self, sub: str) -> list[int]:
@@ -152,12 +216,45 @@ class RunStore:
             raise SslensError("step", f"no checkpoint at step {step}", ", ".join(map(str, steps)))
         return load_tensors(self.checkpoint_path(step))
 
+    def load_latest_readable(self) -> tuple[dict[str, Tensor], dict, list[tuple[int, str]]]:
+        """The newest checkpoint that loads, and ``[(step, reason)]`` of the newer ones that did not.
+
+        Unreadable checkpoints (torn by a crash, corrupted on disk) are renamed ``*.corrupt`` so that the
+        run's checkpoint list stays consistent with what is resumed from.
+        """
+        skipped = []
+        for step in reversed(self.checkpoint_steps()):
+            try:
+                tensors, meta = load_tensors(self.checkpoint_path(step))
+                if meta.get("step") != step:
+                    raise SslensError("checkpoint", f"metadata step {meta.get('step')!r} != {step}")
+            except SslensError as e:
+                skipped.append((step, e.problem))
+                p = self.checkpoint_path(step)
+                if p.exists():
+                    os.replace(p, p.with_name(p.name + ".corrupt"))
+                continue
+            return tensors, meta, skipped
+        raise SslensError("run", f"{self.path} has no readable checkpoint ({len(skipped)} unreadable)",
+                          "a run with at least one complete checkpoints/step_*.safetensors")
+
     def load_model(self, step: int | None = None):
         """The HookedTransformer of this run at a checkpoint, rebuilt from config.json."""
-        from sslens.models import build
+        from sslens.configs import build_model as build
+        from sslens.train import check_memory
 
+        cfg = self.read_config()
+        require(isinstance(cfg.get("model"), dict), "config.model", f"missing or not an object in {self.config_path}",
+                "a config.json written by sslens")
+        check_memory(cfg["model"], 1, field="config.model")
         tensors, _ = self.load_checkpoint(step)
-        model = build(self.read_config()["model"])
+        try:
+            model = build(cfg["model"])
+        except SslensError:
+            raise
+        except (KeyError, TypeError, ValueError, AssertionError, AttributeError, RuntimeError, OverflowError) as e:
+            raise SslensError("config.model", f"{self.config_path}: cannot build the model ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:120]})", "a config.json written by sslens") from None
         load_params(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         return model
 
@@ -182,26 +279,33 @@ class RunStore:
         """Append JSON lines (flushed and fsynced; a torn last line is ignored on read)."""
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.metrics_path, "a") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
             for r in rows:
                 f.write(json.dumps(r) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
+    def write_metrics(self, rows: Iterable[dict]) -> None:
+        """Replace metrics.jsonl with ``rows`` atomically (idempotent: a re-run never appends twice)."""
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+
     def read_metrics(self) -> list[dict]:
         if not self.metrics_path.exists():
             return []
         out = []
-        for line in self.metrics_path.read_text().splitlines():
+        for line in self.metrics_path.read_text(errors="replace").splitlines():
             try:
-                out.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 break  # torn tail of a killed run
+            if not isinstance(row, dict):
+                break
+            out.append(row)
         return out
 
     def truncate_metrics(self, after_step: int) -> None:
         """Keep rows with step <= after_step (used on resume), rewritten atomically."""
-        rows = [r for r in self.read_metrics() if r.get("step", 0) <= after_step]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        self.write_metrics(r for r in self.read_metrics() if r.get("step", 0) <= after_step)
 
     # -- completion -----------------------------------------------------------------------
     @property
@@ -210,6 +314,37 @@ class RunStore:
 
     def mark_complete(self, info: dict | None = None) -> None:
         atomic_write_json(self.path / "COMPLETE", info or {})
+
+    # -- divergence -----------------------------------------------------------------------
+    def mark_diverged(self, step: int, message: str) -> None:
+        """``RUN/DIVERGED``: the step whose loss was non-finite (the run stops there, without COMPLETE)."""
+        atomic_write_json(self.path / "DIVERGED", {"step": int(step), "message": message})
+
+    @property
+    def diverged_at(self) -> int | None:
+        """The diverged step (``DIVERGED`` of sslens.train, or ``diverged_at`` in an engine run's config)."""
+        p = self.path / "DIVERGED"
+        try:
+            if p.is_file():
+                return int(json.loads(p.read_text())["step"])
+            cfg = json.loads(self.config_path.read_text()) if self.config_path.is_file() else {}
+            step = cfg.get("diverged_at") if isinstance(cfg, dict) else None
+            return int(step) if step is not None else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def status(self) -> dict:
+        """``{"state": "complete" | "diverged" | "incomplete", "diverged_at", "last_checkpoint", "last_metric_step", "steps"}``."""
+        try:
+            steps = self.read_config().get("train", {}).get("steps")
+        except SslensError:
+            steps = None
+        ck = self.checkpoint_steps()
+        rows = self.read_metrics()
+        div = self.diverged_at
+        state = "diverged" if div is not None else "complete" if self.complete else "incomplete"
+        return {"state": state, "diverged_at": div, "steps": steps, "last_checkpoint": ck[-1] if ck else None,
+                "last_metric_step": rows[-1].get("step") if rows else None}
 
 
 def load_params(model: torch.nn.Module, params: dict[str, Tensor]) -> None:

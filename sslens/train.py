@@ -8,7 +8,11 @@ and resumes a killed run bitwise (model, optimizer and RNG state are in every ch
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
+import os
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -17,24 +21,23 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from sslens.errors import SslensError, choice, require
+from sslens.configs import build_model, build_task, model_config, task_config
+from sslens.constants import LR_SCHEDULES, OPTIMIZERS, PROBE_SEED_OFFSET
+from sslens.errors import SslensError, TrainingDiverged, choice, require
 from sslens.losses import get_loss
-from sslens.models import build
 from sslens.schedule import log_schedule
-from sslens.store import RunStore, load_params
-from sslens.tasks import build_task
+from sslens.store import RunStore, check_out_path, load_params
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-LR_SCHEDULES = ("constant", "warmup_cosine")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became non-finite; the message names the step."""
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits; the probe seed adds a small offset
 
 
 @dataclass
 class TrainConfig:
-    """Everything needed to rebuild a run. ``lr`` maps parameter names (fnmatch patterns) to rates."""
+    """Everything needed to rebuild a run. ``lr`` maps parameter names (fnmatch patterns) to rates.
+
+    ``model`` and ``task`` stay the plain dicts ``config.json`` stores; they are validated through their
+    kind's typed config (:func:`sslens.configs.model_config`, :func:`sslens.configs.task_config`).
+    """
 
     model: dict
     task: dict
@@ -65,17 +68,23 @@ class TrainConfig:
         require(0 <= self.momentum < 1, "momentum", f"got {self.momentum!r}", "0 <= momentum < 1")
         require(self.weight_decay >= 0, "weight_decay", f"got {self.weight_decay!r}", ">= 0")
         require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", f"got {self.grad_clip!r}", "None or > 0")
-        require(isinstance(self.seed, int), "seed", f"got {self.seed!r}", "an int")
+        require(isinstance(self.seed, int) and 0 <= self.seed <= SEED_MAX, "seed", f"got {self.seed!r}",
+                f"an int in 0 .. {SEED_MAX} (2**63 - 1)")
         require(self.checkpoint_every >= 0, "checkpoint_every", f"got {self.checkpoint_every!r}", "an int >= 0")
         self.betas = tuple(self.betas)
+        model_config(self.model)
+        task_config(self.task)
 
     def to_dict(self) -> dict:
+        """The JSON-able dict (``config.json``'s ``train``)."""
         d = asdict(self)
         d["betas"] = list(self.betas)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Validate a dict; an unknown field raises naming it."""
+        require(isinstance(d, dict), "train", f"got a {type(d).__name__}", "a JSON object of training fields")
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         require(not unknown, unknown[0] if unknown else "", "unknown training field", ", ".join(sorted(names)))
@@ -83,9 +92,11 @@ class TrainConfig:
 
     @property
     def every(self) -> int:
+        """Steps between checkpoints."""
         return self.checkpoint_every or max(1, self.steps // 10)
 
     def schedule(self) -> list[int]:
+        """The recorder's steps: ``record_n`` log-spaced ones plus ``record_extra``."""
         if self.record_n <= 0:
             return []
         return sorted(set(log_schedule(self.steps, self.record_n)) | {int(s) for s in self.record_extra if 0 <= s <= self.steps})
@@ -110,6 +121,7 @@ def param_groups(model: HookedTransformer, lr: dict[str, float]) -> list[dict]:
 
 
 def make_optimizer(model: HookedTransformer, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD, Adam or AdamW over :func:`param_groups`."""
     groups = param_groups(model, cfg.lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -128,9 +140,14 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / rest))
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """``LambdaLR`` with :func:`lr_factor`: before the optimizer step ``s``, each group's rate is base * factor(s)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step))
+
+
 # ----- checkpoint state -----------------------------------------------------------------------
-def training_state(model, optimizer, generator) -> tuple[dict, dict]:
-    """Tensors (model, optimizer, RNG) and JSON metadata for a resumable checkpoint."""
+def training_state(model, optimizer, generator, scheduler=None) -> tuple[dict, dict]:
+    """Tensors (model, optimizer, RNG) and JSON metadata (optimizer groups, LR scheduler) for a checkpoint."""
     tensors = {f"model.{n}": p.detach() for n, p in model.named_parameters()}
     sd = optimizer.state_dict()
     scalars = {}
@@ -142,10 +159,19 @@ def training_state(model, optimizer, generator) -> tuple[dict, dict]:
                 scalars[f"{pid}.{k}"] = v
     tensors["rng.data"] = generator.get_state()
     groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, {"param_groups": groups, "optim_scalars": scalars}
+    meta = {"param_groups": groups, "optim_scalars": scalars}
+    if scheduler is not None:
+        meta["lr_scheduler"] = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+    return tensors, meta
 
 
-def restore_state(model, optimizer, generator, tensors: dict, meta: dict) -> None:
+def restore_state(model, optimizer, generator, tensors: dict, meta: dict, scheduler=None, step: int = 0,
+                  cfg: TrainConfig | None = None) -> None:
+    """Load a checkpoint's state into model, optimizer, RNG and LR scheduler.
+
+    Checkpoints written before the LambdaLR state was saved get the scheduler positioned at ``step``
+    from ``cfg`` (the rates are a function of the step alone).
+    """
     load_params(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict[int, dict] = {}
     for k, v in tensors.items():
@@ -157,6 +183,61 @@ def restore_state(model, optimizer, generator, tensors: dict, meta: dict) -> Non
         state.setdefault(int(pid), {})[key] = v
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     generator.set_state(tensors["rng.data"])
+    if scheduler is None:
+        return
+    if "lr_scheduler" in meta:
+        scheduler.load_state_dict({**meta["lr_scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
+    else:  # run directories written before the scheduler state was saved
+        scheduler.last_epoch = step
+        for g, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            g["initial_lr"] = base
+            g["lr"] = base * lr_factor(cfg, step)
+
+
+# ----- memory estimate ------------------------------------------------------------------------
+def available_memory() -> int:
+    """Bytes this machine can still give (``MemAvailable``; physical memory where that is unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def estimate_bytes(model: dict, batch: int) -> int:
+    """A generous estimate of the peak memory of training ``model`` (a config dict) on ``batch`` sequences.
+
+    Parameters x 4 (weights, grads, two optimizer states) plus activations of every layer for the
+    backward pass: residual/q/k/v/z/MLP per position, the T x T pattern, and the logits.
+    """
+    def g(*keys, default=0):
+        vals = [model.get(k) for k in keys]
+        ok = [v for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+        return max(int(ok[0]), 0) if ok else default
+
+    width = g("M", "d_model", "d", default=64)
+    vocab = g("M", "d_vocab", default=width)
+    d_ff = g("d_mlp", "d_ff", default=0)
+    layers = g("n_layers", default=1)
+    T = g("n_ctx", default=128)
+    elt = 8 if model.get("dtype") == "float64" else 4
+    params = layers * (4 * width * width + 2 * width * d_ff) + 2 * vocab * width
+    acts = batch * T * (layers * (8 * width + 2 * T + 2 * d_ff) + 2 * vocab) + batch * T * 2  # + int64 tokens
+    return elt * (4 * params + 3 * acts)
+
+
+def check_memory(model: dict, batch: int, field: str = "batch") -> None:
+    """Refuse (one line, before anything is written) a run whose estimate exceeds the available memory."""
+    need, have = estimate_bytes(model, batch), available_memory()
+    if need > have:
+        raise SslensError(field, f"needs about {need / 2**30:.3g} GiB, the machine has {have / 2**30:.3g} GiB available",
+                          "a smaller batch / model (estimate: sslens.train.estimate_bytes)")
 
 
 # ----- the loop -------------------------------------------------------------------------------
@@ -166,18 +247,49 @@ def train(
     resume: bool = False,
     progress: bool = True,
 ) -> tuple[HookedTransformer, RunStore | None]:
-    """Train; with ``out`` write a run store. ``resume=True`` continues from the latest checkpoint."""
+    """Train; with ``out`` write a run store. ``resume=True`` continues from the latest checkpoint.
+
+    The run directory is locked for the whole run (one writer: ``sslens.lock``); temp files of a killed
+    writer are removed; a non-finite loss marks the run ``DIVERGED`` and raises :class:`TrainingDiverged`.
+    Bad input (config, ``out``, memory) is refused before anything is written.
+    """
+    cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
+    check_memory(cfg.model, cfg.batch)
+    if out is None:
+        return _train(cfg, None, resume, progress)
+    store = RunStore(check_out_path(out))
+    created = not store.path.exists()
+    with store.writing():
+        try:
+            return _train(cfg, store, resume, progress)
+        except BaseException:
+            if created and {p.name for p in store.path.iterdir()} <= {".lock"}:
+                shutil.rmtree(store.path, ignore_errors=True)  # refused before writing: leave no half-made run dir
+            raise
+
+
+def _resume_from(store: RunStore) -> tuple[dict, dict]:
+    """The newest readable checkpoint; says on stderr which unreadable ones were skipped."""
+    tensors, meta, skipped = store.load_latest_readable()
+    for step, why in skipped:
+        print(f"sslens: resume: checkpoint at step {step} is unreadable ({why}); moved aside as .corrupt",
+              file=sys.stderr)
+    if skipped:
+        print(f"sslens: resume: resuming from step {meta['step']}, the newest readable checkpoint", file=sys.stderr)
+    return tensors, meta
+
+
+def _train(cfg: TrainConfig, store: RunStore | None, resume: bool, progress: bool) -> tuple[HookedTransformer, RunStore | None]:
     from sslens.hooks.recorder import CircuitRecorder
 
-    cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
-    store = RunStore(out) if out is not None else None
     config = {"train": cfg.to_dict(), "model": cfg.model, "task": cfg.task}
     start = 0
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     task = build_task(cfg.task)
-    model = build(cfg.model, generator=generator)
+    model = build_model(cfg.model, generator=generator)
     optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
     loss_fn = get_loss(getattr(task, "loss", "last_ce"))
 
     if store is not None:
@@ -185,11 +297,15 @@ def train(
             if not resume:
                 raise SslensError("out", f"{store.path} already holds a run", "a new directory, or --resume")
             saved = store.read_config()
-            diff = [k for k in config["train"] if saved.get("train", {}).get(k) != config["train"][k]]
-            require(not diff, f"resume.{diff[0] if diff else ''}", "differs from the saved run's config.json", "the same settings as the saved run")
+            require(isinstance(saved.get("train"), dict), "resume", f"{store.config_path} has no \"train\" object",
+                    "a run directory written by sslens train")
+            diff = [k for k in config["train"] if saved["train"].get(k) != config["train"][k]]
+            diff += [k for k in ("model", "task") if saved.get(k) != json.loads(json.dumps(config[k]))]
+            require(not diff, f"resume.{diff[0] if diff else ''}", "differs from the saved run's config.json",
+                    "the same settings as the saved run")
             if store.checkpoint_steps():
-                tensors, meta = store.load_checkpoint()
-                restore_state(model, optimizer, generator, tensors, meta)
+                tensors, meta = _resume_from(store)
+                restore_state(model, optimizer, generator, tensors, meta, scheduler, meta["step"], cfg)
                 start = meta["step"]
                 store.truncate_metrics(start)
         else:
@@ -197,7 +313,7 @@ def train(
 
     recorder = None
     if cfg.record_n > 0:
-        probe_gen = torch.Generator().manual_seed(cfg.seed + 7_654_321)
+        probe_gen = torch.Generator().manual_seed(cfg.seed + PROBE_SEED_OFFSET)
         probe, probe_target = task.batch(cfg.probe_batch, probe_gen)
         recorder = CircuitRecorder(
             model, store=store, schedule=cfg.schedule(), probe_tokens=probe, probe_target=probe_target, start_step=start
@@ -210,30 +326,32 @@ def train(
             return
         store.append_metrics(loss_rows)
         loss_rows.clear()
-        tensors, meta = training_state(model, optimizer, generator)
+        tensors, meta = training_state(model, optimizer, generator, scheduler)
         store.save_checkpoint(step, tensors, meta)
 
-    base_lrs = [g["lr"] for g in param_groups(model, cfg.lr)]
     rows: list[dict] = []
     if start == 0:
         checkpoint(0, rows)
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
-        f = lr_factor(cfg, step)
-        for g, base in zip(optimizer.param_groups, base_lrs):
-            g["lr"] = base * f
         tokens, target = task.batch(cfg.batch, generator)
         logits = model(tokens, return_type="logits")
         loss = loss_fn(logits, target)
         if not torch.isfinite(loss):
             bar.close()
-            raise TrainingDiverged(f"loss: non-finite value {loss.item()} at step {step + 1}; lower the learning rates")
+            msg = f"loss: non-finite value {loss.item()} at step {step + 1}; lower the learning rates"
+            if store is not None:
+                store.append_metrics(rows)  # the finite steps before it (a resume truncates to its checkpoint)
+                store.mark_diverged(step + 1, msg)
+                msg += f" (run marked diverged: {store.path / 'DIVERGED'})"
+            raise TrainingDiverged(msg, step=step + 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
         optimizer.step()
+        scheduler.step()
         rows.append({"step": step + 1, "loss": loss.item()})
         if (step + 1) % cfg.every == 0 or step + 1 == cfg.steps:
             checkpoint(step + 1, rows)
@@ -245,3 +363,21 @@ def train(
     if store is not None:
         store.mark_complete({"steps": cfg.steps, "seconds": time.perf_counter() - t0})
     return model, store
+
+
+def ensure_trained(cfg: TrainConfig, out: str | Path, progress: bool = True, same_config: bool = False) -> RunStore:
+    """Train into ``out`` unless it holds a finished run; a killed run there resumes.
+
+    ``same_config=True``: a finished run must have been made with ``cfg`` (else one-line error).
+    """
+    store = RunStore(out)
+    if store.complete:
+        if same_config:
+            saved = store.read_config().get("train", {})
+            want = json.loads(json.dumps(cfg.to_dict()))
+            diff = sorted(k for k in want if saved.get(k) != want[k])
+            require(not diff, "out", f"{store.path} holds a finished run with other settings ({', '.join(diff)})",
+                    "a new --out directory, or the settings it was made with")
+        return store
+    train(cfg, out=out, resume=store.exists(), progress=progress)
+    return store

@@ -1,8 +1,14 @@
 import os
 import warnings
 
-import pytest
-import torch
+# Runtime shape/type checks of the theory and analysis modules: every function annotated with
+# jaxtyping shapes is checked by beartype while the tests run. Installed before anything imports them.
+from jaxtyping import install_import_hook
+
+install_import_hook(["sslens.theory", "sslens.analyses"], "sslens_typecheck.typechecker")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -11,3 +17,4 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)
+

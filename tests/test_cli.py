@@ -29,7 +29,7 @@ def test_help_on_every_verb(capsys):
 @pytest.mark.parametrize(
     "argv,needle",
     [
-        (["train", "scan-snap", "--out", "x", "--optimizer", "lbfgs"], "argument --optimizer: invalid choice: 'lbfgs' (choose from 'sgd', 'adam')"),
+        (["train", "scan-snap", "--out", "x", "--optimizer", "lbfgs"], "argument --optimizer: invalid choice: 'lbfgs' (choose from 'sgd', 'adam', 'adamw')"),
         (["train", "scan-snap", "--out", "x", "--eta-y", "0"], "argument --eta-y: '0'; allowed: a finite float > 0"),
         (["train", "scan-snap", "--out", "x", "--momentum", "1"], "argument --momentum: '1'; allowed: 0 <= x < 1"),
         (["train", "scan-snap", "--out", "x", "--preset", "syn-huge"], "argument --preset: invalid choice"),
@@ -64,3 +64,41 @@ def test_train_cli_end_to_end(tmp_path, capsys):
 def test_console_script_installed():
     r = subprocess.run([sys.executable, "-m", "sslens.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "train" in r.stdout
+
+
+def test_help_parses_without_torch():
+    """``sslens --help`` and every verb's parser load no torch, TransformerLens, numpy or matplotlib."""
+    code = ("import sys, sslens, sslens.cli; p = sslens.cli.build_parser(); p.format_help(); "
+            "heavy = [m for m in ('torch', 'transformer_lens', 'numpy', 'matplotlib') if m in sys.modules]; "
+            "print(heavy)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_every_flag_has_help_default_and_every_verb_an_example():
+    def walk(p, path):
+        yield path, p
+        for act in p._actions:
+            if act.__class__.__name__ == "_SubParsersAction":
+                for name, sp in act.choices.items():
+                    yield from walk(sp, path + [name])
+
+    for path, p in walk(build_parser(), []):
+        if path:
+            assert "example" in (p.epilog or ""), path
+        for act in p._actions:
+            if act.__class__.__name__ in ("_HelpAction", "_VersionAction", "_SubParsersAction"):
+                continue
+            assert act.help, (path, act.dest)
+            if act.option_strings and act.default not in (None, False) and act.required is False:
+                assert "(default:" in p.format_help(), (path, act.dest)
+
+
+def test_lazy_top_level_api():
+    import sslens
+
+    assert sslens.log_schedule(1000)[0] == 0 and sslens.log_schedule(1000)[-1] == 1000
+    assert sslens.models.scan_snap(4).cfg.d_model == 4
+    assert callable(sslens.data.syn_small)
+    with pytest.raises(AttributeError):
+        sslens.no_such_thing  # noqa: B018

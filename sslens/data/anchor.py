@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 
 from sslens.errors import choice, require
-from sslens.tasks import register
 
 ANCHORS = (1, 2, 3, 4)
 VARIANTS = ("base", "synonym")
@@ -71,7 +70,3 @@ class BinaryTask:
 
     def to_dict(self) -> dict:
         return {"kind": "binary", "vocab": self.vocab, "seq_len": self.seq_len, "signal": self.signal}
-
-
-register("anchor", lambda d: AnchorTask(**{k: v for k, v in d.items() if k != "kind"}))
-register("binary", lambda d: BinaryTask(**{k: v for k, v in d.items() if k != "kind"}))

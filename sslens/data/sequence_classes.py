@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from sslens.constants import PRESETS
 from sslens.errors import SslensError, require
 
 N_COMMON = 10
@@ -53,12 +54,14 @@ class SequenceClassSpec:
         for k, c in enumerate(self.classes):
             f = f"classes[{k}]"
             for name, tok in (("m", c.m), ("n", c.n)):
-                require(isinstance(tok, int) and 0 <= tok < self.M, f"{f}.{name}", f"token id {tok!r} out of range", f"0..{self.M - 1}")
+                require(isinstance(tok, int) and 0 <= tok < self.M, f"{f}.{name}", f"token id {tok!r} out of range",
+                        f"0..{self.M - 1}")
             require((c.m, c.n) not in seen, f"{f}", f"duplicate (query m={c.m}, next n={c.n})", "distinct (m, n) pairs")
             seen.add((c.m, c.n))
             require(len(c.probs) > 0, f"{f}.probs", "class has no contextual tokens", "a non-empty {token: prob} map")
             for tok, p in c.probs.items():
-                require(isinstance(tok, int) and 0 <= tok < self.M, f"{f}.probs", f"token id {tok!r} out of range", f"0..{self.M - 1}")
+                require(isinstance(tok, int) and 0 <= tok < self.M, f"{f}.probs", f"token id {tok!r} out of range",
+                        f"0..{self.M - 1}")
                 require(p == p and p >= 0 and p != float("inf"), f"{f}.probs[{tok}]", f"probability {p!r}", "finite values >= 0")
             total = float(sum(c.probs.values()))
             require(total > 0, f"{f}.probs", "all probabilities are zero", "at least one value > 0")
@@ -72,21 +75,24 @@ class SequenceClassSpec:
     # ----- derived quantities -------------------------------------------------------------
     @property
     def K(self) -> int:
+        """Number of classes."""
         return len(self.classes)
 
     def P(self, dtype=torch.float64) -> Float[Tensor, "K M"]:
-        """P(l | m, n) as a dense [K, M] matrix (rows sum to 1)."""
+        """The class distributions as a dense [K, M] matrix, row k = p(l | m, n) of class k (rows sum to 1)."""
         return self._P.to(dtype)
 
     @property
     def queries(self) -> list[int]:
+        """Query token m = psi(n) of each class."""
         return [c.m for c in self.classes]
 
     @property
     def nexts(self) -> list[int]:
+        """Next token n of each class."""
         return [c.n for c in self.classes]
 
-    def support_count(self) -> Int[Tensor, "M"]:
+    def support_count(self) -> Int[Tensor, " M"]:
         """How many classes each token appears in."""
         return (self.P() > 0).sum(0)
 
@@ -103,17 +109,21 @@ class SequenceClassSpec:
         return [[t for t in c.probs if cnt[t] > 1] for c in self.classes]
 
     def to_dict(self) -> dict:
+        """The JSON-able dict (``config.json``'s ``task.spec``)."""
         d = {f: getattr(self, f) for f in ("M", "classes", "T", "name", "meta")}
         d["classes"] = [{"m": c.m, "n": c.n, "probs": {str(t): p for t, p in c.probs.items()}} for c in self.classes]
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SequenceClassSpec":
+    def from_dict(cls, d: dict) -> SequenceClassSpec:
+        """Rebuild (and validate) a spec from :meth:`to_dict`'s output."""
         try:
-            classes = tuple(SequenceClass(int(c["m"]), int(c["n"]), {int(t): float(p) for t, p in c["probs"].items()}) for c in d["classes"])
+            classes = tuple(SequenceClass(int(c["m"]), int(c["n"]), {int(t): float(p) for t, p in c["probs"].items()})
+                            for c in d["classes"])
         except (KeyError, TypeError, ValueError) as e:
             raise SslensError("classes", f"malformed class entry ({e})", "{m: int, n: int, probs: {token: prob}}") from None
-        return cls(M=int(d["M"]), classes=classes, T=int(d.get("T", 128)), name=d.get("name", "custom"), meta=dict(d.get("meta", {})))
+        return cls(M=int(d["M"]), classes=classes, T=int(d.get("T", 128)), name=d.get("name", "custom"),
+                   meta=dict(d.get("meta", {})))
 
 
 # ----- presets (theory.md 1.2) ----------------------------------------------------------------
@@ -145,9 +155,6 @@ def syn_medium(num_last: int = 1, T: int = 128) -> SequenceClassSpec:
     return _authors_layout(num_last=num_last, next_per_last=2, T=T, name=f"syn-medium-{num_last}")
 
 
-PRESETS = ("syn-small", "syn-medium")
-
-
 def preset(name: str, num_last: int = 1, T: int = 128) -> SequenceClassSpec:
     """A preset by CLI name."""
     if name == "syn-small":
@@ -160,7 +167,7 @@ def preset(name: str, num_last: int = 1, T: int = 128) -> SequenceClassSpec:
 # ----- sampler ---------------------------------------------------------------------------------
 def sample(
     spec: SequenceClassSpec, batch: int, generator: torch.Generator
-) -> tuple[Int[Tensor, "batch T"], Int[Tensor, "batch"], Int[Tensor, "batch"]]:
+) -> tuple[Int[Tensor, "batch T"], Int[Tensor, " batch"], Int[Tensor, " batch"]]:
     """Draw ``batch`` sequences: class k uniform, T-1 contextual tokens i.i.d. from P(.|k), then the query.
 
     Returns ``tokens [batch, T]`` (query last), ``next [batch]`` and the class index ``klass [batch]``.

@@ -23,7 +23,6 @@ from torch import Tensor
 
 from sslens.errors import SslensError, require
 from sslens.store import atomic_save_tensors, atomic_write_json, load_tensors
-from sslens.tasks import register
 
 SPECIALS = ("<unk>", "<eos>")
 
@@ -54,6 +53,7 @@ def load_text(data_files: dict[str, str | Path] | None = None, hub: str | None =
 
 
 def words(lines) -> list[str]:
+    """The tutorial's tokenisation: ``line.split() + ["<eos>"]`` for every non-empty line."""
     out = []
     for line in lines:
         toks = line.split()
@@ -70,8 +70,10 @@ class Vocab:
         self.stoi = {w: i for i, w in enumerate(itos)}
 
     @classmethod
-    def build(cls, ws: list[str], max_vocab: int | None = None) -> "Vocab":
-        require(max_vocab is None or max_vocab > len(SPECIALS), "max_vocab", f"got {max_vocab!r}", f"None or an int > {len(SPECIALS)}")
+    def build(cls, ws: list[str], max_vocab: int | None = None) -> Vocab:
+        """The specials, then words by falling frequency (ties: first appearance), at most ``max_vocab`` in all."""
+        require(max_vocab is None or max_vocab > len(SPECIALS), "max_vocab", f"got {max_vocab!r}",
+                f"None or an int > {len(SPECIALS)}")
         counts = Counter(w for w in ws if w not in SPECIALS)
         order = sorted(counts, key=lambda w: -counts[w])  # stable: ties keep first appearance
         if max_vocab is not None:
@@ -81,11 +83,13 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.itos)
 
-    def encode(self, ws: list[str]) -> Int[Tensor, "n"]:
+    def encode(self, ws: list[str]) -> Int[Tensor, " n"]:
+        """Ids of words (unknown words -> ``<unk>``)."""
         unk = self.stoi["<unk>"]
         return torch.tensor([self.stoi.get(w, unk) for w in ws], dtype=torch.long)
 
     def decode(self, ids) -> list[str]:
+        """Words of ids."""
         return [self.itos[int(i)] for i in ids]
 
 
@@ -117,7 +121,7 @@ def tokenize(data_files: dict[str, str | Path], vocab_split: str, max_vocab: int
     return vocab, ids
 
 
-def chunks(ids: Int[Tensor, "n"], seq_len: int) -> Int[Tensor, "n_chunks seq_len"]:
+def chunks(ids: Int[Tensor, " n"], seq_len: int) -> Int[Tensor, "n_chunks seq_len"]:
     """Non-overlapping chunks of ``seq_len`` tokens (the tail that does not fill a chunk is dropped)."""
     require(seq_len >= 2, "seq_len", f"got {seq_len!r}", "an int >= 2")
     n = ids.numel() // seq_len
@@ -139,14 +143,13 @@ class TextTask:
         self.all_ids = ids
 
     def batch(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Random chunks: ``(x, x)`` for ``all_ce``, ``(x[:, :-1], x[:, -1])`` for ``last_ce``."""
         i = torch.randint(0, self.data.shape[0], (batch,), generator=generator)
         x = self.data[i]
         return (x, x) if self.loss == "all_ce" else (x[:, :-1], x[:, -1])
 
     def to_dict(self) -> dict:
+        """The task config dict."""
         return {"kind": "text", "files": {k: str(v) for k, v in self.files.items()}, "split": self.split,
                 "vocab_split": self.vocab_split, "seq_len": self.seq_len, "max_vocab": self.max_vocab, "loss": self.loss,
                 "cache_dir": self.cache_dir}
-
-
-register("text", lambda d: TextTask(**{k: v for k, v in d.items() if k != "kind"}))

@@ -167,8 +167,19 @@ def write_store(out, cfg: TrainConfig, model, weights: dict, result: dict, task,
 
     A run whose loss became non-finite at step t keeps config.json (with ``"diverged_at": t``), the
     checkpoints and metrics up to t - 1, and no COMPLETE (``sslens train`` would have raised at t).
+    Idempotent: the directory is locked (``RunStore.writing``: one writer, temp files of killed writers
+    removed), a stale COMPLETE/DIVERGED is dropped first, and metrics.jsonl is rewritten, never appended to,
+    so a re-run or resumed sweep leaves exactly one row per step.
     """
     store = RunStore(out)
+    with store.writing():
+        _write_store(store, cfg, model, weights, result, task, sampler, checkpoints)
+
+
+def _write_store(store: RunStore, cfg: TrainConfig, model, weights: dict, result: dict, task, sampler: str,
+                 checkpoints: str) -> None:
+    for marker in ("COMPLETE", "DIVERGED"):  # written again below if still true
+        (store.path / marker).unlink(missing_ok=True)
     last = result["diverged_at"] - 1 if result["diverged_at"] else cfg.steps
     config = {"train": cfg.to_dict(), "model": cfg.model, "task": cfg.task, "engine": "counts", "sampler": sampler}
     if result["diverged_at"]:
@@ -195,7 +206,7 @@ def write_store(out, cfg: TrainConfig, model, weights: dict, result: dict, task,
             store.save_checkpoint(step, tensors, {"engine": "counts"})
     if last in keep and last not in weights:  # a diverged run's last finite weights are not a snapshot
         pass
-    store.append_metrics({"step": i + 1, "loss": v} for i, v in enumerate(result["losses"][:last]))
+    store.write_metrics({"step": i + 1, "loss": v} for i, v in enumerate(result["losses"][:last]))
     if result["diverged_at"] is None:
         store.mark_complete({"steps": cfg.steps, "engine": "counts", "sampler": sampler})
 

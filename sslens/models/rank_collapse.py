@@ -28,7 +28,6 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sslens.errors import choice, require
 from sslens.hooks.variants import apply_variants
-from sslens.models import register
 from sslens.models.scan_snap import DTYPES
 
 HEADS = ("scalar", "vocab")
@@ -122,7 +121,3 @@ def small_init_lm(d_model: int = 64, d_ff: int = 800, n_layers: int = 2, d_vocab
     model.sslens_config = small_init_lm_config(d_model, d_ff, n_layers, d_vocab, n_ctx, gamma, dtype)
     model.sslens_trainable = [n for n, _ in model.named_parameters()]
     return model
-
-
-register("rank_collapse", lambda cfg, generator=None: rank_collapse(**{k: v for k, v in cfg.items() if k != "kind"}, generator=generator))
-register("small_init_lm", lambda cfg, generator=None: small_init_lm(**{k: v for k, v in cfg.items() if k != "kind"}, generator=generator))

@@ -20,13 +20,13 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from sslens.constants import INITS, Y_PARAM, Z_PARAM
 from sslens.errors import choice, require
 from sslens.hooks.variants import apply_variants
 
-INITS = ("zero", "random")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 SS_VARIANTS = ["no_self_attention", "no_residual", "l2_normalize_output"]
-TRAINABLE = ["blocks.0.attn.W_Q", "unembed.W_U"]
+TRAINABLE = [Z_PARAM, Y_PARAM]
 
 
 def scan_snap_config(M: int, n_ctx: int = 128, init: str = "zero", dtype: str = "float32") -> dict:

@@ -1,7 +1,6 @@
-"""Paper reproductions, one module each with ``add_arguments(parser)`` and ``run(args) -> int``."""
+"""Paper reproductions as functions: settings in (a dataclass), results out, rendering separate.
 
-REPRODUCTIONS = {
-    "scan-snap": "sslens.reproduce.scan_snap",
-    "rank-collapse": "sslens.reproduce.rank_collapse",
-    "wikitext": "sslens.reproduce.wikitext",
-}
+``sslens.reproduce.scan_snap.reproduce(ScanSnapSettings(...))`` and
+``sslens.reproduce.wikitext.reproduce(WikitextSettings(...))``; the CLI verbs in
+``sslens.commands.reproduce`` only parse flags and call them.
+"""

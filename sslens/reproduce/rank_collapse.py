@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sslens.commands.args import positive_int  # noqa: E402
+from sslens.argtypes import positive_int  # noqa: E402
 from sslens.models.rank_collapse import rank_collapse_config  # noqa: E402
 from sslens.store import RunStore  # noqa: E402
 from sslens.train import TrainConfig, train  # noqa: E402

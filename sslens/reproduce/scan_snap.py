@@ -1,140 +1,116 @@
-"""Scan&Snap: Figs. 3, 4, 5, the Thm 3 invariant in two regimes, and (``--fig 6``) the Fig. 6 sweep.
+"""Scan&Snap: Figs. 3, 4, 5, the Thm 3 invariant in two regimes, and (``fig="6"``) the Fig. 6 sweep.
 
-``sslens reproduce scan-snap --out runs/ss`` trains each run into ``OUT/<name>/`` (a run store with
-its own report.html and metrics.json) and writes ``OUT/report.html``, the index with every figure.
-Finished runs are reused; killed runs resume. CPU scaling: the plain-SGD Thm 3 run keeps the
-gradient-flow time of the regime eta_Z = 0.1, eta_Y = 5, 2000 steps but takes ``--thm3-steps``
-steps (default 1000) with eta_Z = 0.1 * 2000 / steps and eta_Y = 50 eta_Z; ``--thm3-steps 2000`` is
-that regime exactly (docs/scan_snap.md lists the measured CV for 500, 1000 and 2000 steps).
+``reproduce(ScanSnapSettings(out="runs/ss"))`` trains each run into ``OUT/<name>/`` (a run store with
+its own report.html and metrics.json), returns a :class:`ScanSnapResults`, and writes ``OUT/report.html``
+(:func:`render`). Finished runs are reused; killed runs resume. CPU scaling: the plain-SGD Thm 3 run
+keeps the gradient-flow time of the regime eta_Z = 0.1, eta_Y = 5, 2000 steps but takes ``thm3_steps``
+steps (default 1000) with eta_Z = 0.1 * 2000 / steps and eta_Y = 50 eta_Z; ``thm3_steps=2000`` is that
+regime exactly (docs/scan_snap.md lists the measured CV for 500, 1000 and 2000 steps).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from sslens.commands.args import positive_int  # noqa: E402
-from sslens.data.sequence_classes import syn_small  # noqa: E402
-from sslens.errors import SslensError  # noqa: E402
-from sslens.models.scan_snap import scan_snap_config  # noqa: E402
-from sslens.store import RunStore  # noqa: E402
-from sslens.tasks import SequenceClassTask  # noqa: E402
-from sslens.theory import scan_snap as theory  # noqa: E402
-from sslens.train import TrainConfig, train  # noqa: E402
+from sslens.analyses.report import Report, legend
+from sslens.constants import Y_PARAM, Z_PARAM
+from sslens.data.sequence_classes import syn_small
+from sslens.errors import choice
+from sslens.models.scan_snap import scan_snap_config
+from sslens.store import RunStore
+from sslens.tasks import SequenceClassTask
+from sslens.theory import scan_snap as theory
+from sslens.train import TrainConfig, ensure_trained
 
 FIGS = ("3", "4", "5", "thm3", "6", "demo", "all")
 FIG4_STEPS = [0, 2, 4, 6, 8, 10]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--fig", choices=FIGS, default="demo",
-                   help="which part: 3, 4, 5, thm3, 6 (the Fig. 6 sweep), demo (= 3, 4, 5, thm3; default) or all")
-    p.add_argument("--steps", type=positive_int, default=100, help="iterations of the Fig. 4/5 runs")
-    p.add_argument("--thm3-steps", type=positive_int, default=1000,
-                   help="iterations of the plain-SGD Thm 3 run (rates scaled to keep eta*steps of eta_Z=0.1, 2000 steps)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+@dataclass(frozen=True)
+class ScanSnapSettings:
+    """What to reproduce: ``fig`` one of 3, 4, 5, thm3, 6, demo (= 3, 4, 5, thm3) or all."""
+
+    out: str | Path
+    fig: str = "demo"
+    steps: int = 100
+    thm3_steps: int = 1000
+    quiet: bool = False
+
+    def __post_init__(self):
+        choice(self.fig, "fig", FIGS)
+
+    @property
+    def parts(self) -> list[str]:
+        """The figures this setting covers."""
+        return {"demo": ["3", "4", "5", "thm3"], "all": ["3", "4", "5", "thm3", "6"]}.get(self.fig, [self.fig])
 
 
-def _config(spec, steps, optimizer, eta_Y, eta_Z, momentum, record_extra=(), seed=2) -> TrainConfig:
+@dataclass
+class ScanSnapResults:
+    """Everything the report shows; ``runs`` maps each trained run's directory to its analysis metrics."""
+
+    settings: ScanSnapSettings
+    runs: dict[Path, dict] = field(default_factory=dict)
+    fig3: dict | None = None
+    fig4: list | None = None  # [(eta_Y, trajectory)]
+    fig5: list | None = None  # [(eta, distinct tokens, final c_n renormalised)]
+    thm3: dict | None = None
+    fig6: Path | None = None
+
+
+def run_config(spec, steps, optimizer, eta_Y, eta_Z, momentum, record_extra=(), seed=2) -> TrainConfig:
+    """One Y/Z run of the reproduction (zero init, batch 128)."""
     return TrainConfig(
         model=scan_snap_config(spec.M, n_ctx=spec.T, init="zero"), task=SequenceClassTask(spec).to_dict(),
-        steps=steps, batch=128, optimizer=optimizer, lr={"blocks.0.attn.W_Q": eta_Z, "unembed.W_U": eta_Y},
+        steps=steps, batch=128, optimizer=optimizer, lr={Z_PARAM: eta_Z, Y_PARAM: eta_Y},
         momentum=momentum, seed=seed, checkpoint_every=max(1, steps // 5), record_extra=list(record_extra),
     )
 
 
-_ANALYZED: dict[Path, dict] = {}
-
-
-def _run(name: str, cfg: TrainConfig, out: Path, quiet: bool) -> Path:
-    """Train (or resume / reuse a finished run with the same config) and analyze once per invocation."""
+def trained(name: str, cfg: TrainConfig, res: ScanSnapResults) -> Path:
+    """Train (or resume / reuse a finished run with the same config) and analyze it once per results object."""
     from sslens.analyses.scan_snap_report import analyze
 
-    d = out / name
-    store = RunStore(d)
-    if store.complete:
-        saved = store.read_config().get("train", {})
-        want = json.loads(json.dumps(cfg.to_dict()))
-        diff = sorted(k for k in want if saved.get(k) != want[k])
-        if diff:
-            raise SslensError("out", f"{d} holds a finished run with other settings ({', '.join(diff)})",
-                              "a new --out directory, or the settings it was made with")
-    else:
-        train(cfg, out=d, resume=store.exists(), progress=not quiet)
-    if d not in _ANALYZED:
-        _ANALYZED[d] = analyze(d)
+    d = Path(res.settings.out) / name
+    ensure_trained(cfg, d, progress=not res.settings.quiet, same_config=True)
+    if d not in res.runs:
+        res.runs[d] = analyze(d)
     return d
 
 
-def summary(rep, out: Path) -> None:
-    """One row per run analysed in this invocation: regime, loss, entropy, checks passed."""
-    rows = []
-    for d, m in _ANALYZED.items():
-        checks = [c for c in m["checks"] if c["pass"] is not None]
-        rows.append({
-            "run": d.name, "regime": m["checks"][0]["regime"] if m["checks"] else "",
-            "final loss": m["final_loss"], "distinct-token entropy (nats)": float(np.mean(m["final_distinct_entropy"])),
-            "t0 (steps)": m["t0"], "measured snap": m["snap_step"],
-            "checks passed": f"{sum(c['pass'] for c in checks)}/{len(checks)}",
-        })
-    rep.table(rows, "Every run of this reproduction (details and failures in each run's report)")
-    rep.links([(d.name, f"{d.relative_to(out)}/report.html") for d in _ANALYZED], "Per-run reports: ")
-
-
-def fig3(rep) -> None:
+# ----- experiments: numbers only --------------------------------------------------------------
+def fig3_data() -> dict:
     """Thm 4's chi(t) for K = 10, M = 1000, eta_Z = 0.5, eta_Y in {0.5, 1, 2, 5} (the paper's Fig. 3)."""
     t = np.linspace(0, 700, 701)
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for eta_Y in (0.5, 1, 2, 5):
-        ax.plot(t, theory.chi(t, 1000, 10, eta_Y, 0.5), label=f"eta_Y = {eta_Y}")
-        ax.axvline(theory.snap_time(1000, 10, eta_Y), ls=":", lw=0.8, color=ax.lines[-1].get_color())
-    ax.set_xlabel("t")
-    ax.set_ylabel("chi(t)")
-    ax.set_title("Thm 4: K=10, M=1000, eta_Z=0.5 (dotted: t0 = 2K ln M / eta_Y)", fontsize=9)
-    ax.legend(fontsize=7)
-    rep.figure(fig, "Fig. 3 (theory): larger eta_Y snaps earlier and freezes attention at a smaller chi.")
+    return {"t": t, "curves": {eta_Y: (theory.chi(t, 1000, 10, eta_Y, 0.5), theory.snap_time(1000, 10, eta_Y))
+                               for eta_Y in (0.5, 1, 2, 5)}}
 
 
-def fig4(rep, out: Path, steps: int, quiet: bool) -> None:
+def fig4_data(res: ScanSnapResults) -> list:
+    """Fig. 4's two runs (eta_Y = 1 and 10, eta_Z = 1, SGD momentum 0.9): their trajectories."""
     from sslens.analyses.composition import trajectory
-    from sslens.analyses.scan_snap_report import composition_heatmap
 
-    spec = syn_small()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), layout="constrained")
-    for ax, (name, eta_Y) in zip(axes, (("fig4-left", 1.0), ("fig4-right", 10.0))):
-        d = _run(name, _config(spec, steps, "sgd", eta_Y, 1.0, 0.9, FIG4_STEPS), out, quiet)
-        traj = trajectory(d)
-        composition_heatmap(traj, 0, FIG4_STEPS + [traj.steps[-1]], ax=ax)
-        ax.set_title(f"eta_Y = {eta_Y:g}, eta_Z = 1 (distinct-token entropy at end "
-                     f"{traj.distinct_entropy[-1].mean():.3f} nats)", fontsize=9)
-    rep.figure(fig, "Fig. 4: c_n of class 0 at iterations 0, 2, 4, 6, 8, 10 and final (Syn-Small, zero init, SGD "
-                    "momentum 0.9). Attention moves to the high-P distinct tokens; larger eta_Y converges faster, less sparse.")
-    rep.links([(n, f"{n}/report.html") for n in ("fig4-left", "fig4-right")], "Per-run reports: ")
+    spec, s = syn_small(), res.settings
+    return [(eta_Y, trajectory(trained(name, run_config(spec, s.steps, "sgd", eta_Y, 1.0, 0.9, FIG4_STEPS), res)))
+            for name, eta_Y in (("fig4-left", 1.0), ("fig4-right", 10.0))]
 
 
-def fig5(rep, out: Path, steps: int, quiet: bool) -> None:
+def fig5_data(res: ScanSnapResults) -> list:
+    """Fig. 5: final c_n on class 0's distinct tokens with Adam at eta in {0.1, 0.5, 1}."""
     from sslens.analyses.composition import trajectory
 
     spec = syn_small()
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
     toks = spec.distinct[0]
+    out = []
     for eta in (0.1, 0.5, 1.0):
-        d = _run(f"fig5-adam-{eta:g}", _config(spec, steps, "adam", eta, eta, 0.0), out, quiet)
+        d = trained(f"fig5-adam-{eta:g}", run_config(spec, res.settings.steps, "adam", eta, eta, 0.0), res)
         c = trajectory(d).c[-1, 0, toks].numpy()
-        ax.plot(toks, c / c.sum(), "o-", label=f"Adam, eta = {eta:g}")
-    ax.set_xlabel("distinct token of class 0 (P rising)")
-    ax.set_ylabel("final c_n on distinct tokens (renormalised)")
-    ax.legend(fontsize=7)
-    rep.figure(fig, "Fig. 5: with Adam, different rates select different subsets of distinct tokens.")
-    rep.links([(f"eta {e:g}", f"fig5-adam-{e:g}/report.html") for e in (0.1, 0.5, 1.0)], "Per-run reports: ")
+        out.append((eta, toks, c / c.sum()))
+    return out
 
 
 def thm3_eta_Z(steps: int) -> float:
@@ -142,81 +118,155 @@ def thm3_eta_Z(steps: int) -> float:
     return 0.1 * 2000 / steps
 
 
-def thm3(rep, out: Path, steps: int, thm3_steps: int, quiet: bool) -> dict:
+def thm3_data(res: ScanSnapResults) -> dict:
     """The Thm 3 invariant: holds in plain SGD with eta_Y >> eta_Z, fails with momentum and eta_Y = eta_Z."""
     from sslens.analyses.composition import trajectory
     from sslens.analyses.scan_snap_checks import checks
 
-    spec = syn_small()
+    spec, s = syn_small(), res.settings
     runs = {
-        "thm3-plain-sgd": _config(spec, thm3_steps, "sgd", 50 * thm3_eta_Z(thm3_steps), thm3_eta_Z(thm3_steps), 0.0),
-        "fig4-left": _config(spec, steps, "sgd", 1.0, 1.0, 0.9, FIG4_STEPS),
+        "thm3-plain-sgd": run_config(spec, s.thm3_steps, "sgd", 50 * thm3_eta_Z(s.thm3_steps), thm3_eta_Z(s.thm3_steps), 0.0),
+        "fig4-left": run_config(spec, s.steps, "sgd", 1.0, 1.0, 0.9, FIG4_STEPS),
     }
-    rows, res = [], {}
-    fig, ax = plt.subplots(figsize=(5.5, 3.3))
+    rows, checked, curves = [], {}, []
+    P = spec.P()[0, spec.distinct[0]].numpy()
     for name, cfg in runs.items():
-        d = _run(name, cfg, out, quiet)
+        d = trained(name, cfg, res)
         traj = trajectory(d)
-        res[name] = checks(traj, RunStore(d).read_config())
-        for r in res[name]["rows"]:
-            if r["check"].startswith("Thm 3"):
-                rows.append({"run": name, **r})
-        Z = traj.z
-        dz = (Z[-1] - Z[0])[spec.queries[0], spec.distinct[0]].numpy()
-        P = spec.P()[0, spec.distinct[0]].numpy()
+        checked[name] = checks(traj, RunStore(d).read_config())
+        rows += [{"run": name, **r} for r in checked[name]["rows"] if r["check"].startswith("Thm 3")]
+        dz = (traj.z[-1] - traj.z[0])[spec.queries[0], spec.distinct[0]].numpy()
         inv = theory.thm3_invariant(dz, P)
-        ax.plot(P, inv / inv[-1], "o-", label=f"{name} ({res[name]['regime_text']})")
+        curves.append((name, checked[name]["regime_text"], P, inv / inv[-1]))
+    return {"rows": rows, "checks": checked, "curves": curves, "runs": list(runs), "T": spec.T}
+
+
+# ----- figures: Figure objects from the numbers -----------------------------------------------
+def plot_fig3(data: dict) -> Figure:
+    """chi(t) per eta_Y with the predicted snap time t0 dotted."""
+    fig = Figure(figsize=(5.5, 3.4), layout="constrained")
+    ax = fig.subplots()
+    for eta_Y, (chi, t0) in data["curves"].items():
+        (line,) = ax.plot(data["t"], chi, label=f"eta_Y = {eta_Y}")
+        ax.axvline(t0, ls=":", lw=0.8, color=line.get_color())
+    ax.set_xlabel("t")
+    ax.set_ylabel("chi(t)")
+    ax.set_title("Thm 4: K=10, M=1000, eta_Z=0.5 (dotted: t0 = 2K ln M / eta_Y)", fontsize=9)
+    legend(ax, fontsize=7)
+    return fig
+
+
+def plot_fig4(data: list) -> Figure:
+    """c_n of class 0 at the Fig. 4 iterations, one panel per run (fits a 1100 px column)."""
+    from sslens.analyses.scan_snap_report import composition_heatmap
+
+    fig = Figure(figsize=(9.8, 3.6), layout="constrained")
+    for ax, (eta_Y, traj) in zip(fig.subplots(1, len(data)), data):
+        composition_heatmap(traj, 0, FIG4_STEPS + [traj.steps[-1]], ax=ax)
+        ax.set_title(f"eta_Y = {eta_Y:g}, eta_Z = 1 (distinct-token entropy at end "
+                     f"{traj.distinct_entropy[-1].mean():.3f} nats)", fontsize=8)
+    return fig
+
+
+def plot_fig5(data: list) -> Figure:
+    """Final renormalised c_n on class 0's distinct tokens per Adam rate."""
+    fig = Figure(figsize=(6.5, 3.2), layout="constrained")
+    ax = fig.subplots()
+    for eta, toks, c in data:
+        ax.plot(toks, c, "o-", label=f"Adam, eta = {eta:g}")
+    ax.set_xlabel("distinct token of class 0 (P rising)")
+    ax.set_ylabel("final c_n on distinct tokens (renormalised)")
+    legend(ax, fontsize=7)
+    return fig
+
+
+def plot_thm3(data: dict) -> Figure:
+    """The Thm 3 invariant relative to the top token, per regime."""
+    fig = Figure(figsize=(6.5, 3.3), layout="constrained")
+    ax = fig.subplots()
+    for name, regime, P, rel in data["curves"]:
+        ax.plot(P, rel, "o-", label=f"{name} ({regime})")
     ax.axhline(1, color="k", lw=0.8, ls="--")
-    ax.axvline(1 / (spec.T - 1), color="0.5", lw=0.8, ls=":", label="P = 1/(T-1): once per sequence")
+    ax.axvline(1 / (data["T"] - 1), color="0.5", lw=0.8, ls=":", label="P = 1/(T-1): once per sequence")
     ax.set_xlabel("P(l|n), distinct tokens of class 0")
     ax.set_ylabel("(1-e^(-2dz))/P^2, relative to top token")
-    ax.legend(fontsize=6)
-    rep.table(rows, "Thm 3 invariant by regime (coefficient of variation; 0 = exact)")
-    rep.links([(n, f"{n}/report.html") for n in runs], "Per-run reports: ")
-    rep.figure(fig, "Thm 3: the invariant is flat (= 1) where the theory holds; tokens rarer than one per "
-                    "sequence (small P) deviate even there.")
+    legend(ax, fontsize=6)
+    return fig
+
+
+def summary_rows(res: ScanSnapResults) -> list[dict]:
+    """One row per run: regime (text), loss, entropy, checks passed."""
+    rows = []
+    for d, m in res.runs.items():
+        checks = [c for c in m["checks"] if c["pass"] is not None]
+        rows.append({
+            "run": d.name, "regime": m["checks"][0]["regime"] if m["checks"] else "",
+            "final loss": m["final_loss"], "distinct-token entropy (nats)": float(np.mean(m["final_distinct_entropy"])),
+            "t0 (steps)": m["t0"], "measured snap": m["snap_step"],
+            "checks passed": f"{sum(c['pass'] for c in checks)}/{len(checks)}",
+        })
+    return rows
+
+
+# ----- the whole reproduction -----------------------------------------------------------------
+def reproduce(settings: ScanSnapSettings, write_report: bool = True) -> ScanSnapResults:
+    """Run the chosen parts; with ``write_report`` write ``OUT/report.html`` (:func:`render`)."""
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = ScanSnapResults(settings)
+    parts = settings.parts
+    if "3" in parts:
+        res.fig3 = fig3_data()
+    if "4" in parts:
+        res.fig4 = fig4_data(res)
+    if "5" in parts:
+        res.fig5 = fig5_data(res)
+    if "thm3" in parts:
+        res.thm3 = thm3_data(res)
+    if "6" in parts:
+        from sslens.sweeps.fig6 import run_fig6
+
+        res.fig6 = Path(run_fig6(out / "fig6", progress=not settings.quiet))
+    if write_report:
+        path = render(res).save(out / "report.html")
+        print(f"reproduction written to {path}")
     return res
 
 
-def run(a: argparse.Namespace) -> int:
-    from sslens.analyses.report import Report
-
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _ANALYZED.clear()
-    figs = {"demo": ["3", "4", "5", "thm3"], "all": ["3", "4", "5", "thm3", "6"]}.get(a.fig, [a.fig])
+def render(res: ScanSnapResults) -> Report:
+    """The index page: every figure, the Thm 3 table, the summary of runs and links to per-run reports."""
+    out = Path(res.settings.out)
     rep = Report("Scan and Snap (Tian et al. 2023): reproduction")
-    if "3" in figs:
+    if res.fig3 is not None:
         rep.h2("Fig. 3 — theory: chi(t)")
-        fig3(rep)
-    if "4" in figs:
+        rep.figure(plot_fig3(res.fig3), "Fig. 3 (theory): larger eta_Y snaps earlier and freezes attention at a smaller chi.")
+    if res.fig4 is not None:
         rep.h2("Fig. 4 — Syn-Small, SGD momentum 0.9")
-        fig4(rep, out, a.steps, a.quiet)
-    if "5" in figs:
+        rep.figure(plot_fig4(res.fig4), "Fig. 4: c_n of class 0 at iterations 0, 2, 4, 6, 8, 10 and final (Syn-Small, "
+                   "zero init, SGD momentum 0.9). Attention moves to the high-P distinct tokens; larger eta_Y converges "
+                   "faster, less sparse.")
+        rep.links([(n, f"{n}/report.html") for n in ("fig4-left", "fig4-right")], "Per-run reports: ")
+    if res.fig5 is not None:
         rep.h2("Fig. 5 — Adam")
-        fig5(rep, out, a.steps, a.quiet)
-    if "thm3" in figs:
+        rep.figure(plot_fig5(res.fig5), "Fig. 5: with Adam, different rates select different subsets of distinct tokens.")
+        rep.links([(f"eta {e:g}", f"fig5-adam-{e:g}/report.html") for e, _, _ in res.fig5], "Per-run reports: ")
+    if res.thm3 is not None:
         rep.h2("Theorem 3 — where it holds and where it fails")
-        thm3(rep, out, a.steps, a.thm3_steps, a.quiet)
-    if "6" in figs:
+        rep.table(res.thm3["rows"], "Thm 3 invariant by regime (coefficient of variation; 0 = exact)")
+        rep.links([(n, f"{n}/report.html") for n in res.thm3["runs"]], "Per-run reports: ")
+        rep.figure(plot_thm3(res.thm3), "Thm 3: the invariant is flat (= 1) where the theory holds; tokens rarer than "
+                   "one per sequence (small P) deviate even there.")
+    if res.fig6 is not None:
         rep.h2("Fig. 6 — Syn-Medium sweep")
-        try:
-            from sslens.sweeps.fig6 import run_fig6
-        except ImportError as e:  # the sweep module is written in parallel (issue: Fig. 6 sweep)
-            if getattr(e, "name", None) not in (None, "sslens.sweeps", "sslens.sweeps.fig6"):
-                raise
-            raise SslensError("fig", f"the Fig. 6 sweep is not available ({e})", "3, 4, 5, thm3, demo") from e
-        res = Path(run_fig6(out / "fig6", progress=not a.quiet))
-        fig6_dir = res if res.is_dir() else res.parent
-        rep.p(f"Fig. 6 sweep written to {res}.")
+        fig6_dir = res.fig6 if res.fig6.is_dir() else res.fig6.parent
+        rep.p(f"Fig. 6 sweep written to {res.fig6}.")
         png = fig6_dir / "fig6.png"
         if png.exists():
             rep.image(png.read_bytes(), "Fig. 6: distinct-token entropy of the final c_n (mean and std over seeds)")
         if (fig6_dir / "report.html").exists():
             rep.links([("Fig. 6 report", "fig6/report.html")])
-    if _ANALYZED:
+    if res.runs:
         rep.h2("Summary of the runs")
-        summary(rep, out)
-    path = rep.save(out / "report.html")
-    print(f"reproduction written to {path}")
-    return 0
+        rep.table(summary_rows(res), "Every run of this reproduction (details and failures in each run's report)")
+        rep.links([(d.name, f"{d.relative_to(out)}/report.html") for d in res.runs], "Per-run reports: ")
+    return rep

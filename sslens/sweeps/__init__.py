@@ -1,25 +1,24 @@
 """Sweeps: a grid over training-config fields, one run store per point, resumable, batched by engine.
 
 ``expand(base, {"seed": [1, 2], "lr.unembed.W_U": [1, 10], "model.init": ["zero"]})`` gives one
-TrainConfig per grid point (dotted names reach into nested dicts). ``run_sweep(points, out)`` trains
-every point whose store is not complete: Y/Z-model SGD runs go through the exact count engine in
-batches (runs with the same task, M, steps and batch share one batch); anything else goes through
-``sslens.train.train``. Groups are spread over ``workers`` local processes.
+TrainConfig per grid point (dotted names reach into nested dicts). ``run_grid(SPEC, out)`` (the
+``sslens sweep grid`` command, :mod:`sslens.sweeps.grid`) trains every unfinished point -- Y/Z-model runs
+through the exact count engine in batches (``sslens.engine.runner.group_key``), anything else through
+``sslens.train.train`` or a user's ``fn(config, out_dir)`` -- on local processes or Ray, and writes
+results.csv and summary.png. docs/sweeps.md.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from sslens.errors import SslensError, require
-from sslens.store import RunStore
-from sslens.train import TrainConfig, train
+from sslens.sweeps.jobs import finished
+from sslens.train import TrainConfig
 
 
 def _set(d: dict, dotted: str, value) -> None:
@@ -28,7 +27,7 @@ def _set(d: dict, dotted: str, value) -> None:
         d[head] = value
         return
     if head == "lr":  # parameter names contain dots: "lr.<full parameter name>"
-        d["lr"] = {**d["lr"], rest: value}
+        d["lr"] = {**(d["lr"] if isinstance(d.get("lr"), dict) else {}), rest: value}
         return
     require(isinstance(d.get(head), dict), dotted, "not a nested field", "a TrainConfig field, model.*, task.* or lr.<param>")
     d[head] = copy.deepcopy(d[head])
@@ -47,66 +46,32 @@ def expand(base: TrainConfig, axes: dict[str, list]) -> list[tuple[dict, TrainCo
     return points
 
 
-def engine_ok(cfg: TrainConfig) -> bool:
-    return (cfg.model.get("kind") == "scan_snap" and cfg.optimizer == "sgd" and cfg.lr_schedule == "constant"
-            and cfg.grad_clip is None and set(cfg.lr) <= {"blocks.0.attn.W_Q", "unembed.W_U"})
-
-
-def _group_key(cfg: TrainConfig):
-    m = cfg.model
-    return (repr(cfg.task), m.get("M"), m.get("n_ctx"), m.get("dtype"), cfg.steps, cfg.batch)
-
-
-def _run_group(args) -> int:
-    cfgs, outs, threads = args
-    import torch
-
-    from sslens.engine import train_many
-
-    if threads:
-        torch.set_num_threads(threads)
-    train_many(cfgs, outs, progress=False)
-    return len(cfgs)
-
-
 def run_sweep(
     points: list[tuple[str, TrainConfig]], out: str | Path, workers: int = 1, progress: bool = True, max_batch: int = 80
 ) -> list[Path]:
-    """Train every (name, config) into ``out/name`` unless that store is complete; returns the run dirs."""
+    """Train every (name, config) into ``out/name`` unless that store is finished; returns the run dirs.
+
+    The older entry point (runs directly under ``out``); :func:`run_grid` / :func:`run_points` are the
+    general ones (``out/runs/NAME``, results.csv, summary.png, Ray).
+    """
+    from sslens.sweeps.grid import make_jobs, run_local
+
     out = Path(out)
     names = [n for n, _ in points]
     require(len(set(names)) == len(names), "points", "duplicate run names", "unique names")
-    todo = [(n, c) for n, c in points if not RunStore(out / n).complete]
-    groups: dict = {}
-    hooked = []
-    for n, c in todo:
-        if engine_ok(c):
-            groups.setdefault(_group_key(c), []).append((n, c))
-        else:
-            hooked.append((n, c))
-    jobs = []
-    for members in groups.values():
-        for i in range(0, len(members), max_batch):
-            chunk = members[i : i + max_batch]
-            jobs.append(([c for _, c in chunk], [out / n for n, _ in chunk]))
-    # largest first (cost ~ runs x steps x M^2), so the workers finish together
-    jobs.sort(key=lambda j: -len(j[0]) * j[0][0].steps * j[0][0].model.get("M", 1) ** 2)
+    todo = [(n, c.to_dict()) for n, c in points if not finished(out / n)]
     bar = tqdm(total=len(todo), disable=not progress, desc="sweep", unit="run", dynamic_ncols=True)
-    bar.update(0)
-    if workers > 1 and len(jobs) > 1:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(workers) as ex:
-            futures = [ex.submit(_run_group, (c, o, threads)) for c, o in jobs]
-            for f in as_completed(futures):
-                bar.update(f.result())
-    else:
-        for c, o in jobs:
-            bar.update(_run_group((c, o, 0)))
-    for n, c in hooked:
-        train(c, out=out / n, resume=RunStore(out / n).exists(), progress=False)
-        bar.update(1)
+    run_local(make_jobs(todo, out, max_batch=max_batch), workers, lambda res: bar.update(len(res)))
     bar.close()
     return [out / n for n in names]
 
 
-__all__ = ["expand", "run_sweep", "engine_ok", "SslensError"]
+def __getattr__(name: str):  # run_grid & co. without importing them (and matplotlib) up front
+    if name in ("run_grid", "run_points", "load_spec", "grid_points", "summary_figure", "results"):
+        from sslens.sweeps import grid
+
+        return getattr(grid, name)
+    raise AttributeError(name)
+
+
+__all__ = ["expand", "run_sweep", "run_grid", "run_points", "load_spec", "SslensError"]

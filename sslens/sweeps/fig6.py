@@ -13,20 +13,17 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from sslens.data.sequence_classes import syn_medium  # noqa: E402
-from sslens.models.scan_snap import scan_snap_config  # noqa: E402
-from sslens.store import RunStore, atomic_write_text  # noqa: E402
-from sslens.sweeps import run_sweep  # noqa: E402
-from sslens.tasks import SequenceClassTask  # noqa: E402
-from sslens.theory.composition import composition, distinct_entropy, recall  # noqa: E402
-from sslens.train import TrainConfig  # noqa: E402
+from sslens.data.sequence_classes import SequenceClassSpec, syn_medium
+from sslens.models.scan_snap import scan_snap_config
+from sslens.store import RunStore, atomic_write_text
+from sslens.sweeps.grid import run_points
+from sslens.tasks import SequenceClassTask
+from sslens.theory.composition import composition, distinct_entropy, recall
+from sslens.train import TrainConfig
 
 NUM_LAST = (1, 3, 5, 10)
 ETA_Z = (0.5, 1.0, 2.0, 3.0)
@@ -55,18 +52,19 @@ def final_c(run_dir: Path):
     """Final c_n of a run (from its last checkpoint) and its spec."""
     store = RunStore(run_dir)
     tensors, _ = store.load_checkpoint()
-    from sslens.analyses.composition import spec_of
-
-    spec = spec_of(store)
+    spec = SequenceClassSpec.from_dict(store.read_config()["task"]["spec"])
     Z = tensors["model.blocks.0.attn.W_Q"][0].double()
     return composition(Z, spec.P(), spec.queries), spec
 
 
-def run_fig6(out_dir: str | Path, progress: bool = True, workers: int = 2, **grid) -> Path:
-    """Run (or resume) the grid into ``out_dir/runs``; write fig6.csv, fig6.png, recall.csv, recall.png."""
+def run_fig6(out_dir: str | Path, progress: bool = True, workers: int = 2, backend: str = "local",
+             address: str | None = None, max_retries: int = 3, **grid) -> Path:
+    """Run (or resume) the grid into ``out_dir/runs`` as one generic grid (:func:`sslens.sweeps.grid.run_points`:
+    results.csv, summary.png); then write fig6.csv, fig6.png, recall.csv, recall.png."""
     out_dir = Path(out_dir)
     pts = points(**grid)
-    run_sweep([(n, c) for n, _, c in pts], out_dir / "runs", workers=workers, progress=progress)
+    run_points([(n, {"num_last": nl, "eta_Z": ez, "ratio": r, "seed": s}, c.to_dict()) for n, (nl, ez, r, s), c in pts],
+               out_dir, backend=backend, workers=workers, address=address, max_retries=max_retries, progress=progress)
     thresholds = torch.tensor(np.geomspace(1e-3, 1e-1, 41))
     ent, rec = {}, {}
     for name, (nl, ez, r, s), _ in pts:
@@ -83,7 +81,6 @@ def run_fig6(out_dir: str | Path, progress: bool = True, workers: int = 2, **gri
                                          for t, v in zip(thresholds.tolist(), np.mean(vs, 0))])
     plot_fig6(rows).savefig(out_dir / "fig6.png", dpi=110, bbox_inches="tight")
     plot_recall(rec, thresholds).savefig(out_dir / "recall.png", dpi=110, bbox_inches="tight")
-    plt.close("all")
     return csv_path
 
 
@@ -100,7 +97,8 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def plot_fig6(rows: list[dict]):
     """One panel per num_last: entropy against eta_Y/eta_Z, a line per eta_Z, error bars = sample std."""
     nls = sorted({r["num_last"] for r in rows})
-    fig, axes = plt.subplots(1, len(nls), figsize=(3.2 * len(nls), 3), sharey=True, squeeze=False)
+    fig = Figure(figsize=(3.2 * len(nls), 3))
+    axes = fig.subplots(1, len(nls), sharey=True, squeeze=False)
     for ax, nl in zip(axes[0], nls):
         for ez in sorted({r["eta_Z"] for r in rows}):
             sel = [r for r in rows if r["num_last"] == nl and r["eta_Z"] == ez]
@@ -117,7 +115,8 @@ def plot_fig6(rows: list[dict]):
 def plot_recall(rec: dict, thresholds):
     """Figs. 11-12: recall of distinct tokens against threshold (mean over seeds), per num_last."""
     nls = sorted({k[0] for k in rec})
-    fig, axes = plt.subplots(1, len(nls), figsize=(3.2 * len(nls), 3), sharey=True, squeeze=False)
+    fig = Figure(figsize=(3.2 * len(nls), 3))
+    axes = fig.subplots(1, len(nls), sharey=True, squeeze=False)
     for ax, nl in zip(axes[0], nls):
         for (n, ez, r), v in sorted(rec.items()):
             if n == nl and r in (min(k[2] for k in rec), max(k[2] for k in rec)):

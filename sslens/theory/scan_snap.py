@@ -52,14 +52,14 @@ def h(s: ArrayLike, M: int, eta_Y: float, iters: int = 200) -> np.ndarray:
         f = np.exp(M * mid) + (M - 1) * M * mid - R
         lo = np.where(f < 0, mid, lo)
         hi = np.where(f < 0, hi, mid)
-    return 0.5 * (lo + hi)
+    return np.asarray(0.5 * (lo + hi))
 
 
 def gamma(t: ArrayLike, M: int, K: int, eta_Y: float) -> np.ndarray:
     """gamma(t) = (M-1)^2 h(t/K) / ((M-1) + e^{M h(t/K)}) (Thm 1): grows ~ eta_Y t / K, then decays."""
     _check(M, K, eta_Y)
     hh = h(_times(t) / K, M, eta_Y)
-    return (M - 1) ** 2 * hh / ((M - 1) + np.exp(M * hh))
+    return np.asarray((M - 1) ** 2 * hh / ((M - 1) + np.exp(M * hh)))
 
 
 def snap_time(M: int, K: int, eta_Y: float) -> float:
@@ -83,12 +83,12 @@ def B_n(t: ArrayLike, M: int, K: int, eta_Y: float, eta_Z: float, C0: float = 1.
     _check(M, K, eta_Y, eta_Z)
     require(C0 > 0, "C0", f"got {C0!r}", "> 0")
     hh = h(_times(t) / K, M, eta_Y)
-    return 0.25 * np.log(C0 + 2.0 * (eta_Z / eta_Y) * K * (M - 1) ** 2 * hh**2)
+    return np.asarray(0.25 * np.log(C0 + 2.0 * (eta_Z / eta_Y) * K * (M - 1) ** 2 * hh**2))
 
 
 def chi(t: ArrayLike, M: int, K: int, eta_Y: float, eta_Z: float, C0: float = 1.0) -> np.ndarray:
     """chi(t) = e^{2 B_n(t)} (Thm 4, Fig. 3): ~t while scanning, O(ln t) after the snap."""
-    return np.exp(2.0 * B_n(t, M, K, eta_Y, eta_Z, C0))
+    return np.asarray(np.exp(2.0 * B_n(t, M, K, eta_Y, eta_Z, C0)))
 
 
 def momentum_time(steps: ArrayLike, momentum: float) -> np.ndarray:
@@ -104,7 +104,7 @@ def momentum_time(steps: ArrayLike, momentum: float) -> np.ndarray:
     if momentum == 0:
         return k
     b = momentum
-    return (k - b * (1 - b**k) / (1 - b)) / (1 - b)
+    return np.asarray((k - b * (1 - b**k) / (1 - b)) / (1 - b))
 
 
 def steps_for_time(tau: float, momentum: float) -> float:
@@ -118,7 +118,7 @@ def steps_for_time(tau: float, momentum: float) -> float:
     for _ in range(200):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if momentum_time(mid, momentum) < tau else (lo, mid)
-    return 0.5 * (lo + hi)
+    return float(0.5 * (lo + hi))
 
 
 def thm3_z_from_one(z_ref: ArrayLike, P_ref: float, P: ArrayLike) -> np.ndarray:

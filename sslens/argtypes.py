@@ -1,4 +1,4 @@
-"""Shared argparse types: values checked at parse time, errors naming the allowed range."""
+"""argparse value types: checked at parse time, the error names the allowed range (no heavy imports)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 
 
 def positive_float(s: str) -> float:
+    """A finite float > 0."""
     try:
         v = float(s)
     except ValueError:
@@ -16,6 +17,7 @@ def positive_float(s: str) -> float:
 
 
 def unit_float(s: str) -> float:
+    """A float in [0, 1)."""
     try:
         v = float(s)
     except ValueError:
@@ -26,6 +28,7 @@ def unit_float(s: str) -> float:
 
 
 def positive_int(s: str) -> int:
+    """An int >= 1."""
     try:
         v = int(s)
     except ValueError:
@@ -36,7 +39,22 @@ def positive_int(s: str) -> int:
 
 
 def min2_int(s: str) -> int:
+    """An int >= 2."""
     v = positive_int(s)
     if v < 2:
         raise argparse.ArgumentTypeError(f"{s!r}; allowed: an int >= 2")
+    return v
+
+
+SEED_MAX = 2**63 - 1
+
+
+def seed_int(s: str) -> int:
+    """A seed for ``torch.Generator.manual_seed``: 0 .. 2**63-1."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer; allowed: 0 .. 2**63-1") from None
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{s!r}; allowed: 0 .. 2**63-1")
     return v
