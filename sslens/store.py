@@ -241,7 +241,7 @@ class RunStore:
     def load_model(self, step: int | None = None):
         """The HookedTransformer of this run at a checkpoint, rebuilt from config.json."""
         from sslens.configs import build_model as build
-        from sslens.train import check_memory
+        from sslens.memory import check_memory
 
         cfg = self.read_config()
         require(isinstance(cfg.get("model"), dict), "config.model", f"missing or not an object in {self.config_path}",

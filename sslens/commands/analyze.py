@@ -27,8 +27,8 @@ REQUIRED_TRAIN = ("steps", "batch", "optimizer", "lr", "seed")
 
 def checked_config(run_dir: str | Path) -> dict:
     """config.json of a run, with the keys the analyzers read present and of the right type (one-line errors)."""
+    from sslens.memory import check_memory
     from sslens.store import RunStore
-    from sslens.train import check_memory
 
     p = Path(run_dir)
     require(p.is_dir(), "run_dir", f"{p} is not a directory", "an sslens run directory")

@@ -16,8 +16,8 @@ example:
 def _check_size(a: argparse.Namespace) -> None:
     """Refuse, before building anything, a --num-last / --batch / --seq-len whose memory exceeds the machine's."""
     from sslens.data.sequence_classes import N_COMMON, N_DISTINCT_PER_CLASS
+    from sslens.memory import check_memory
     from sslens.models.scan_snap import scan_snap_config
-    from sslens.train import check_memory
 
     K = 2 * a.num_last if a.preset == "syn-medium" else 2
     M = N_COMMON + N_DISTINCT_PER_CLASS * K + K // (2 if a.preset == "syn-medium" else 1) + K
