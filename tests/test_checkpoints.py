@@ -88,3 +88,85 @@ def test_errors_are_one_line(tl_dir, tmp_path):
         open_series(str(bad)).load(5)
     r = main(["analyze-checkpoints", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet"])
     assert r == 2
+
+
+# ---------------------------------------------------------------------------------------- probes and configs
+def test_probe_formats_give_the_same_ids(tmp_path):
+    import numpy as np
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from sslens.checkpoints import load_probe
+
+    ids = torch.tensor([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]])
+    (tmp_path / "p.txt").write_text("3 1 4 1 5\n\n9 2 6 5 3 5 8\n")  # cut to the shortest sequence
+    np.save(tmp_path / "p.npy", ids.numpy().astype("int32"))
+    save_file({"tokens": ids}, str(tmp_path / "p.safetensors"))
+    for f in ("p.txt", "p.npy", "p.safetensors"):
+        assert torch.equal(load_probe(tmp_path / f), ids), f
+    vocab = {w: i for i, w in enumerate("[UNK] the cat sat on mat a dog".split())}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(tmp_path / "tok")
+    (tmp_path / "text.txt").write_text("the cat sat on the mat\na dog sat on a cat\n")
+    assert load_probe(tmp_path / "text.txt", tmp_path / "tok").tolist() == [[1, 2, 3, 4, 1, 5], [6, 7, 3, 4, 6, 2]]
+    for f, needle in (("p.npy", "has no key"), ("text.txt", "line 1 is not token ids")):
+        p = tmp_path / f if f == "text.txt" else tmp_path / "q.safetensors"
+        if f == "p.npy":
+            save_file({"ids": ids}, str(p))
+        with pytest.raises(SslensError, match=f"^probe: .*{needle}"):
+            load_probe(p)
+    with pytest.raises(SslensError, match="^tokenizer: cannot load"):
+        load_probe(tmp_path / "text.txt", tmp_path / "nope")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_config_to_dict_with_dtype_strings_loads(tmp_path, dtype):
+    model = HookedTransformer(HookedTransformerConfig(**FIELDS, seed=1, dtype=dtype, device="cpu"))
+    (tmp_path / "config.json").write_text(json.dumps(model.cfg.to_dict(), default=str))  # dtype -> "torch.bfloat16"
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == str(dtype)
+    torch.save(model.state_dict(), tmp_path / "step_5.pt")
+    loaded = open_series(str(tmp_path)).load(5)
+    assert loaded.cfg.dtype == dtype and loaded.cfg.d_vocab == 300
+    x = torch.randint(0, 300, (2, 8))
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_save_config_keeps_sslens_variants_and_refuses_a_plain_rebuild(tmp_path):
+    from sslens.checkpoints import config_fields, save_config
+    from sslens.models import build
+    from sslens.models.rank_collapse import rank_collapse_config
+
+    m = build(rank_collapse_config(d=16, d_vocab=21, n_ctx=6))
+    save_config(m, tmp_path / "ck")
+    torch.save(m.state_dict(), tmp_path / "ck" / "step_0.pt")
+    x = torch.randint(0, 21, (3, 6), generator=torch.Generator().manual_seed(0))
+    plain = HookedTransformer(m.cfg)
+    plain.load_state_dict(m.state_dict(), strict=False)
+    assert (plain(x) - m(x)).abs().max() > 0.1  # the variant hooks change the function ...
+    assert torch.equal(open_series(str(tmp_path / "ck")).load(0)(x), m(x))  # ... and the rebuilt model has them
+    (tmp_path / "plain.json").write_text(json.dumps(m.cfg.to_dict(), default=str))
+    with pytest.raises(SslensError, match=r"^config: .*names an sslens model; --config .* refused"):
+        open_series(str(tmp_path / "ck"), config=str(tmp_path / "plain.json"))
+    with pytest.raises(SslensError, match=r"^config: x names sslens model settings \(kind\)"):
+        config_fields({**json.loads((tmp_path / "plain.json").read_text()), "kind": "rank_collapse"}, "x")
+    # plain HookedTransformers are saved as cfg.to_dict()
+    save_config(plain, tmp_path / "pl")
+    assert json.loads((tmp_path / "pl" / "config.json").read_text())["d_model"] == 16
+
+
+def test_tl_train_later_epoch_overwrite_is_reported(tmp_path, capsys):
+    model = HookedTransformer(HookedTransformerConfig(**{**FIELDS, "n_layers": 1}, seed=0, device="cpu"))
+    cfg = HookedTransformerTrainConfig(num_epochs=2, batch_size=8, lr=1e-3, seed=0, device="cpu", save_every=1,
+                                       save_dir=str(tmp_path / "ck"), optimizer_name="AdamW")
+    (tmp_path / "ck").mkdir()
+    toks = torch.randint(0, 300, (16, 16), generator=torch.Generator().manual_seed(0))
+    tl_train(model, cfg, datasets.Dataset.from_dict({"tokens": toks.tolist()}).with_format("torch"))
+    (tmp_path / "ck" / "config.json").write_text(json.dumps({**FIELDS, "n_layers": 1}))
+    assert sorted(p.name for p in (tmp_path / "ck").glob("*.pt")) == ["model_0.pt", "model_1.pt"]  # 2 epochs, 2 files
+    with pytest.warns(UserWarning, match="a later epoch overwrote these files"):
+        s = open_series(str(tmp_path / "ck"))
+    assert s.steps == [1, 2]
+    assert main(["analyze-checkpoints", str(tmp_path / "ck"), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert "note: a later epoch overwrote" in capsys.readouterr().out
