@@ -20,7 +20,7 @@ from sslens.analyses import rank
 RANK_METRICS = ("effective_rank", "stable_rank", "top1_energy")
 
 
-def attention_entropy(pattern: Float[Tensor, "probe head q k"]) -> Float[Tensor, "head"]:
+def attention_entropy(pattern: Float[Tensor, "probe head q k"]) -> Float[Tensor, " head"]:
     """-sum_j a_ij log(a_ij + 1e-8), mean over probe sequences and query positions (Scan&Snap Fig. 10).
 
     The one entropy of attention in sslens; computed in float32 at least (bf16 patterns are cast).
@@ -30,8 +30,10 @@ def attention_entropy(pattern: Float[Tensor, "probe head q k"]) -> Float[Tensor,
 
 
 def repeat_kv(W: Tensor, n_heads: int) -> Tensor:
-    """Grouped-query attention: K/V weights ``[kv_head, ...]`` repeated to ``[head, ...]`` as TransformerLens does
-    (``repeat_interleave`` on the head dim)."""
+    """Grouped-query attention: K/V weights ``[kv_head, ...]`` repeated to ``[head, ...]``.
+
+    As TransformerLens does it (``repeat_interleave`` on the head dim).
+    """
     if W.shape[0] == n_heads:
         return W
     return torch.repeat_interleave(W, n_heads // W.shape[0], dim=0)
@@ -62,17 +64,22 @@ def rank_metrics(s: Float[Tensor, "... k"]) -> dict[str, Tensor]:
 
 
 def eigenvalue_score(eig: Tensor) -> Tensor:
-    """sum_i lambda_i / sum_i |lambda_i| (real part): +1 for a positive (copying / matching) circuit, -1 for a
-    negative one (Elhage et al. 2021, "Summarizing OV/QK matrices"). 0 for the zero matrix."""
+    """Eigenvalue score sum_i lambda_i / sum_i |lambda_i| (real part), docs/theory.md §3.6.
+
+    +1 for a positive (copying / matching) circuit, -1 for a negative one (Elhage et al. 2021,
+    "Summarizing OV/QK matrices"). 0 for the zero matrix.
+    """
     num = eig.sum(-1).real if eig.is_complex() else eig.sum(-1)
     den = eig.abs().sum(-1)
     return torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(den)).to(torch.float64)
 
 
 def detection_patterns(tokens: Int[Tensor, "probe pos"]) -> dict[str, Float[Tensor, "probe pos pos"]]:
-    """TransformerLens ``head_detector`` detection patterns per probe sequence: previous-token, duplicate-token
-    and induction (the duplicate pattern shifted right by one: attend to the token after the previous
-    occurrence of the current token, i.e. Olsson et al.'s prefix-matching target)."""
+    """TransformerLens ``head_detector`` detection patterns per probe sequence.
+
+    Previous-token, duplicate-token and induction (the duplicate pattern shifted right by one: attend to the
+    token after the previous occurrence of the current token, i.e. Olsson et al.'s prefix-matching target).
+    """
     from transformer_lens import head_detector as hd
 
     toks = tokens.detach().cpu()
@@ -86,9 +93,11 @@ def detection_patterns(tokens: Int[Tensor, "probe pos"]) -> dict[str, Float[Tens
 
 def detection_scores(
     pattern: Float[Tensor, "probe head q k"], tokens: Int[Tensor, "probe pos"], dets: dict | None = None
-) -> dict[str, Float[Tensor, "head"]]:
-    """Attention mass on each detection pattern's targets, averaged over the query positions that have a
-    target (so a perfect head scores 1 whatever the probe length; NaN when no position has one).
+) -> dict[str, Float[Tensor, " head"]]:
+    """Attention mass on each detection pattern's targets.
+
+    Averaged over the query positions that have a target (so a perfect head scores 1 whatever the probe length;
+    NaN when no position has one).
 
     On a repeated-random-tokens probe ``prefix_matching`` is the prefix-matching score of Olsson et al.
     (2022) and ``prev_token`` the previous-token score.
@@ -101,15 +110,18 @@ def detection_scores(
         has = det.sum(-1) > 0  # [probe, q]
         mass = einops.einsum(p, det, "b h q k, b q k -> b h q")
         n = has.sum()
-        out[name] = (mass * has[:, None, :]).sum(dim=(0, 2)) / n if n > 0 else torch.full((p.shape[1],), float("nan"), dtype=torch.float64)
+        nan = torch.full((p.shape[1],), float("nan"), dtype=torch.float64)
+        out[name] = (mass * has[:, None, :]).sum(dim=(0, 2)) / n if n > 0 else nan
     return out
 
 
 def key_token_mass(
-    pattern: Float[Tensor, "probe head q k"], tokens: Int[Tensor, "probe pos"], vocab: Int[Tensor, "t"]
+    pattern: Float[Tensor, "probe head q k"], tokens: Int[Tensor, "probe pos"], vocab: Int[Tensor, " t"]
 ) -> Float[Tensor, "head t"]:
-    """Attention mass that each head puts on keys holding each token id of ``vocab``, averaged over probe
-    sequences and query positions (sums to 1 over all token ids of the probe)."""
+    """Attention mass that each head puts on keys holding each token id of ``vocab``.
+
+    Averaged over probe sequences and query positions (sums to 1 over all token ids of the probe).
+    """
     p = pattern.to(torch.float64).mean(2)  # [probe, head, k]
     idx = torch.searchsorted(vocab, tokens.to(vocab.dtype))  # vocab is sorted and holds every probe token
     out = torch.zeros(p.shape[0], p.shape[1], vocab.numel(), dtype=torch.float64)
@@ -123,9 +135,11 @@ def composition_scores(
     W_V: Float[Tensor, "layer head d_model d_head"],
     W_O: Float[Tensor, "layer head d_head d_model"],
 ) -> dict[str, Float[Tensor, "layer head layer head"]]:
-    """Q-, K- and V-composition scores of every head pair, exactly as ``HookedTransformer.all_composition_scores``:
+    """Q-, K- and V-composition scores of every head pair, exactly as ``HookedTransformer.all_composition_scores``.
+
     ``transformer_lens.utils.composition_scores(OV, right)`` on FactoredMatrix circuits, zero unless the
-    right head's layer is later than the left head's (Elhage et al. 2021)."""
+    right head's layer is later than the left head's (Elhage et al. 2021).
+    """
     from transformer_lens import FactoredMatrix
 
     QK = FactoredMatrix(W_Q.to(torch.float64), W_K.to(torch.float64).transpose(-2, -1))
@@ -136,9 +150,12 @@ def composition_scores(
 def composition_scores_dense(
     QK: Float[Tensor, "layer head d_model d_model"], OV: Float[Tensor, "layer head d_model d_model"]
 ) -> dict[str, Float[Tensor, "layer head layer head"]]:
-    """:func:`composition_scores` from dense circuits: ||OV_1 R_2||_F / (||OV_1||_F ||R_2||_F), the quantity
+    """:func:`composition_scores` from dense circuits.
+
+    ||OV_1 R_2||_F / (||OV_1||_F ||R_2||_F), the quantity
     ``transformer_lens.utils.composition_scores`` computes (its SVD collapse keeps Frobenius norms), without
-    the d_model x d_model SVDs a FactoredMatrix of a dense matrix would run."""
+    the d_model x d_model SVDs a FactoredMatrix of a dense matrix would run.
+    """
     QK, OV = QK.to(torch.float64), OV.to(torch.float64)
     L = QK.shape[0]
     mask = torch.arange(L)[:, None, None, None] < torch.arange(L)[None, None, :, None]
@@ -167,8 +184,10 @@ def _composition(QK, OV) -> dict[str, Tensor]:
 
 
 def condensation_index(W_in: Float[Tensor, "d_model d_mlp"]) -> float:
-    """lambda_max(C) / n of the neurons' cosine matrix C (``analyses/condensation.py``): 1 when every neuron's
-    input weights lie on one line (full condensation), about 1/n + O(1/sqrt(d)) for random neurons."""
+    """Condensation index lambda_max(C) / n of the neurons' cosine matrix C (``analyses/condensation.py``).
+
+    1 when every neuron's input weights lie on one line (full condensation), about 1/n + O(1/sqrt(d)) for random neurons.
+    """
     from sslens.analyses.condensation import cosine_matrix
 
     C = cosine_matrix(W_in.T)

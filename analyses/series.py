@@ -21,7 +21,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -72,10 +72,12 @@ def recording_source(path: str | Path) -> StateSource:
 
 def model_state(model, rec: dict[str, Tensor], first: dict[str, Tensor] | None,
                 rep_probe: Tensor | None = None) -> dict[str, Tensor]:
-    """Add to a recorder's dict what a recording may hold and this model can give, where absent: factored
-    attention weights, MLP weights, eigenvalue scores (token space), relative change per parameter against
+    """Add to a recorder's dict what a recording may hold and this model can give, where absent.
+
+    Factored attention weights, MLP weights, eigenvalue scores (token space), relative change per parameter against
     ``first`` (the first state's parameters) and detection scores on ``rep_probe`` (a repeated-random-tokens
-    probe, when the recorded probe is not one)."""
+    probe, when the recorded probe is not one).
+    """
     from transformer_lens import FactoredMatrix
 
     out = dict(rec)
@@ -128,10 +130,12 @@ def is_repeated(tokens: Tensor) -> bool:
 
 
 def checkpoint_source(series, probe: Tensor | None = None, seed: int = 0) -> StateSource:
-    """States of a checkpoint series (``sslens.checkpoints.Series``): per checkpoint the model is loaded and
-    ``CircuitRecorder(model, store=None, probe_tokens=probe, schedule=[]).record(step)`` gives the same dict a
-    recording holds; :func:`model_state` adds what only a model can give. Default probe: repeated random
-    tokens (so entropy and induction scores come from one probe)."""
+    """States of a checkpoint series (``sslens.checkpoints.Series``), docs/theory.md §3.1.
+
+    Per checkpoint the model is loaded and ``CircuitRecorder(model, store=None, probe_tokens=probe,
+    schedule=[]).record(step)`` gives the same dict a recording holds; :func:`model_state` adds what only a
+    model can give. Default probe: repeated random tokens (so entropy and induction scores come from one probe).
+    """
     from sslens.hooks import CircuitRecorder
 
     notes = list(getattr(series, "notes", []))
@@ -220,6 +224,7 @@ class Views:
     steps: Sequence[int] | None = None
 
     def resolve_steps(self, steps: list[int]) -> list[int]:
+        """The recorded steps nearest to the requested ones (default: first, middle, last)."""
         if not steps:
             return []
         if self.steps is None:
@@ -240,7 +245,8 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
     layer_rows: dict[str, list] = {}
     rel: dict[str, list] = {}
     first_w: dict[str, Tensor] = {}
-    for i, (step, st) in enumerate(tqdm(source.states(), total=S, disable=not progress, desc=f"analyze {source.name}", unit="step")):
+    it = tqdm(source.states(), total=S, disable=not progress, desc=f"analyze {source.name}", unit="step")
+    for i, (step, st) in enumerate(it):
         if n_layers is None:
             layers = _layers(st)
             n_layers = len(layers)
@@ -286,7 +292,8 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
                     res.head[name][i, l] = st[f"scores.blocks.{l}.{name}"].to(torch.float64)
             if f"blocks.{l}.mlp.W_in" in st:
                 W_in = st[f"blocks.{l}.mlp.W_in"]
-                layer_rows.setdefault("mlp_condensation", [[float("nan")] * n_layers for _ in range(S)])[i][l] = hm.condensation_index(W_in)
+                rows = layer_rows.setdefault("mlp_condensation", [[float("nan")] * n_layers for _ in range(S)])
+                rows[i][l] = hm.condensation_index(W_in)
                 if i == 0 or i == S - 1:
                     res.neurons.setdefault(l, {})[step] = W_in.T.to(torch.float64).clone()
         if n_layers > 1:
@@ -326,16 +333,15 @@ def _n_heads(st: dict, n_layers: int) -> int:
     return 1
 
 
-def analyze(source: StateSource, **kw) -> "SeriesResult":
-    return analyze_states(source, **kw)
-
-
 # ------------------------------------------------------------------------------------------------ results
 @dataclass
 class SeriesResult:
-    """Generic analyses of one series. ``head[metric]`` is ``[step, layer, head]``; ``composition[mode]`` is
+    """Generic analyses of one series.
+
+    ``head[metric]`` is ``[step, layer, head]``; ``composition[mode]`` is
     ``[step, layer, head, layer, head]`` (left head, right head); ``layer[metric]`` ``[step, layer]``;
-    ``rel_change[param]`` ``[step]``; ``key_mass`` ``[step, layer, head, token]`` over ``key_tokens``."""
+    ``rel_change[param]`` ``[step]``; ``key_mass`` ``[step, layer, head, token]`` over ``key_tokens``.
+    """
 
     name: str
     steps: list[int]
@@ -463,7 +469,3 @@ class SeriesResult:
 def analyze_recording(path: str | Path, views: Views | None = None, progress: bool = True) -> SeriesResult:
     """:func:`analyze_states` over a CircuitRecorder directory."""
     return analyze_states(recording_source(path), views=views, progress=progress)
-
-
-def sources_for(paths: Iterable[str]) -> list[StateSource]:  # pragma: no cover - convenience
-    return [recording_source(p) for p in paths]

@@ -74,9 +74,12 @@ def register(sub) -> None:
 
 
 def is_sslens_run(run_dir: Path) -> bool:
-    """True unless ``run_dir`` is a plain recording directory: no config.json, or a config.json that is a
-    JSON object without a ``model`` object (e.g. a HookedTransformerConfig saved beside the recordings)
-    while recordings are present. Unreadable configs count as sslens runs (their one-line error follows)."""
+    """True unless ``run_dir`` is a plain recording directory.
+
+    A plain recording directory has no config.json, or a config.json that is a JSON object without a ``model``
+    object (e.g. a HookedTransformerConfig saved beside the recordings) while recordings are present. Unreadable
+    configs count as sslens runs (their one-line error follows).
+    """
     p = run_dir / "config.json"
     if not p.is_file():
         return False
