@@ -1,4 +1,5 @@
-"""Run every ``benchmarks/bench_*.py`` module's ``main()`` in turn (``make bench``)."""
+"""Run every ``benchmarks/bench_*.py`` module's ``main()`` in turn (``make bench``): bench_recorder (recorder
+bytes per step and overhead), bench_sweep, bench_train. ``python -m benchmarks bench_recorder`` runs one."""
 
 import importlib
 import pkgutil

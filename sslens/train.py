@@ -270,7 +270,8 @@ def _train(cfg: TrainConfig, store: RunStore | None, resume: bool, progress: boo
         probe_gen = torch.Generator().manual_seed(cfg.seed + PROBE_SEED_OFFSET)
         probe, probe_target = task.batch(cfg.probe_batch, probe_gen)
         recorder = CircuitRecorder(
-            model, store=store, schedule=cfg.schedule(), probe_tokens=probe, probe_target=probe_target, start_step=start
+            model, store=store, schedule=cfg.schedule(), probe_tokens=probe, probe_target=probe_target, start_step=start,
+            token_space=max(model.cfg.d_vocab, model.cfg.d_vocab_out) <= 4096, verbose=progress,  # Scan&Snap: Z, Y
         )
         recorder.attach(optimizer)
     model.sslens_recorder = recorder

@@ -4,7 +4,7 @@ Recorded QK/OV equal model.QK/model.OV at that step."""
 
 import datasets
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import FactoredMatrix, HookedTransformer, HookedTransformerConfig
 from transformer_lens.train import HookedTransformerTrainConfig
 from transformer_lens.train import train as tl_train
 from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -69,16 +69,33 @@ def test_b_hand_written_loop_standard_model():
         opt.step()
         truth[step] = snapshot(model)
     assert sorted(rec.records) == [0, 1, 3, 7]
-    for step, r in rec.records.items():
+    recording = Recording(rec)
+    for i, (step, r) in enumerate(sorted(rec.records.items())):
         for layer in range(2):
-            assert torch.allclose(r[f"blocks.{layer}.QK"], truth[step]["QK"][layer], atol=1e-6)
-            assert torch.allclose(r[f"blocks.{layer}.OV"], truth[step]["OV"][layer], atol=1e-6)
+            assert torch.allclose(recording.get(f"blocks.{layer}.QK")[i], truth[step]["QK"][layer], atol=1e-6)
+            assert torch.allclose(recording.get(f"blocks.{layer}.OV")[i], truth[step]["OV"][layer], atol=1e-6)
+            fm = recording.factored(f"blocks.{layer}.QK", step)
+            assert isinstance(fm, FactoredMatrix) and fm.A.shape == (2, 16, 8)  # [head, d_model, d_head]
+            assert torch.allclose(fm.AB, truth[step]["QK"][layer], atol=1e-6)
         assert r["blocks.1.pattern"].shape == (3, 2, 12, 12)
+        assert "blocks.0.QK_tok" not in r  # token space only on request
+    assert not torch.allclose(recording.get("blocks.0.QK")[0], recording.get("blocks.0.QK")[-1])
+
+
+def test_b_token_space_on_request_includes_attn_scale():
+    torch.manual_seed(0)
+    model = small_tl_model()
+    rec = CircuitRecorder(model, token_space=True)
+    r = rec.record(0)
     # token-space QK includes the model's attention scale sqrt(d_head)
-    W_E = truth[7]["W_E"]
-    expected = W_E @ rec.records[7]["blocks.0.QK"][1] @ W_E.T / 8**0.5
-    assert torch.allclose(rec.records[7]["blocks.0.QK_tok"][1], expected, atol=1e-5)
-    assert not torch.allclose(rec.records[0]["blocks.0.QK"], rec.records[7]["blocks.0.QK"])
+    W_E = model.W_E.detach()
+    expected = W_E @ model.QK.AB[0, 1].detach() @ W_E.T / 8**0.5
+    assert torch.allclose(r["blocks.0.QK_tok"][1], expected, atol=1e-5)
+    assert torch.allclose(r["blocks.1.OV_tok"][0], W_E @ model.OV.AB[1, 0].detach() @ model.W_U.detach(), atol=1e-5)
+    sub = torch.tensor([3, 0, 7])
+    r2 = CircuitRecorder(model, token_subset=sub).record(0)
+    assert torch.allclose(r2["blocks.0.QK_tok"], r["blocks.0.QK_tok"][:, sub][:, :, sub], atol=1e-6)
+    assert torch.allclose(r2["blocks.1.OV_tok"], r["blocks.1.OV_tok"][:, sub][:, :, sub], atol=1e-6)
 
 
 def test_c_transformer_lens_train(tmp_path):
