@@ -36,6 +36,9 @@ HEAD_METRICS = (
 )
 _WEIGHT = re.compile(r"^blocks\.\d+\.(attn\.W_[QKVO]|mlp\.W_(in|out|gate))$")
 DETECTIONS = ("prev_token", "duplicate_token", "prefix_matching")
+# the recorder's record-time scalars (hooks/recorder.py pattern_scores), used when no patterns are stored
+RECORDED_SCALARS = {"entropy": "entropy", "prev_token": "prev_token", "prefix_matching": "induction",
+                    "duplicate_token": "duplicate"}
 
 
 @dataclass
@@ -76,7 +79,7 @@ def model_state(model, rec: dict[str, Tensor], first: dict[str, Tensor] | None,
 
     Factored attention weights, MLP weights, eigenvalue scores (token space), relative change per parameter against
     ``first`` (the first state's parameters) and detection scores on ``rep_probe`` (a repeated-random-tokens
-    probe, when the recorded probe is not one).
+    probe, when the recorded probe is not one; keys ``detect.blocks.{l}.{prev_token,duplicate_token,prefix_matching}``).
     """
     from transformer_lens import FactoredMatrix
 
@@ -104,20 +107,23 @@ def model_state(model, rec: dict[str, Tensor], first: dict[str, Tensor] | None,
                 if v.ndim >= 2:
                     out[f"scores.rel_change.{k}"] = torch.tensor(
                         ((v.double() - first[k].double()).norm() / first[k].double().norm().clamp_min(1e-300)).item())
-        if rep_probe is not None and not any(k.endswith(".prefix_matching") for k in out):
+        if rep_probe is not None and not any(k.startswith("detect.") for k in out):
             from sslens.hooks.recorder import probe_patterns
 
             pats = probe_patterns(model, rep_probe)
             dets = hm.detection_patterns(rep_probe)
             for l in range(cfg.n_layers):
                 for name, v in hm.detection_scores(pats[f"blocks.{l}.pattern"], rep_probe, dets).items():
-                    out[f"scores.blocks.{l}.{name}"] = v
+                    out[f"detect.blocks.{l}.{name}"] = v
     return out
 
 
 def repeated_random_tokens(d_vocab: int, n_ctx: int, n: int = 4, period: int | None = None, seed: int = 0) -> Tensor:
-    """``n`` sequences of ``period`` random token ids repeated twice (the induction-heads probe)."""
-    period = period or max(2, min(16, n_ctx // 2))
+    """``n`` sequences of ``period`` random token ids repeated twice (the induction-heads probe).
+
+    With the defaults it is the recorder's default probe (``sslens.hooks.recorder.default_probe``).
+    """
+    period = period or max(1, min(32, n_ctx // 2))
     g = torch.Generator().manual_seed(seed)
     half = torch.randint(0, d_vocab, (n, period), generator=g)
     return torch.cat([half, half], dim=1)
@@ -161,7 +167,9 @@ def checkpoint_source(series, probe: Tensor | None = None, seed: int = 0) -> Sta
                 probe = probe[:, : model.cfg.n_ctx]
             if rep is None and not is_repeated(probe):
                 rep = repeated_random_tokens(model.cfg.d_vocab, model.cfg.n_ctx, seed=seed)
-            rec = CircuitRecorder(model, store=None, probe_tokens=probe, schedule=[]).record(step)
+            period = probe.shape[1] // 2 if is_repeated(probe) else None
+            rec = CircuitRecorder(model, store=None, probe_tokens=probe, schedule=[], probe_period=period,
+                                  verbose=False).record(step)
             if first is None:
                 first = {k: v.detach().clone() for k, v in model.named_parameters()}
             yield step, model_state(model, rec, first, rep)
@@ -250,8 +258,10 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
         if n_layers is None:
             layers = _layers(st)
             n_layers = len(layers)
-            n_heads = _n_heads(st, n_layers)
+            n_heads = _n_heads(st, layers)
             res.n_layers, res.n_heads = n_layers, n_heads
+            res.layer_ids = list(layers)
+            res.head_ids = st["meta.heads"].tolist() if "meta.heads" in st else list(range(n_heads))
             res.head = {m: torch.full((S, n_layers, n_heads), float("nan"), dtype=torch.float64) for m in HEAD_METRICS}
             if "probe.tokens" in st:
                 res.probe = st["probe.tokens"].clone()
@@ -259,50 +269,60 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
                 res.key_tokens = vocab.tolist()
                 res.key_mass = torch.full((S, n_layers, n_heads, vocab.numel()), float("nan"), dtype=torch.float64)
                 dets = hm.detection_patterns(res.probe)
-        bad = sorted(k for k, v in st.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+        bad = sorted(k for k, v in st.items()  # scores may be NaN by definition (rel_change of W_0 = 0)
+                     if not k.startswith("scores.") and v.is_floating_point() and not bool(torch.isfinite(v).all()))
         if bad:  # a diverged state: its metrics stay NaN
             res.notes.append(f"step {step}: non-finite values in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}; "
                              "its metrics are NaN")
             continue
         attn_all = []
-        for l in range(n_layers):
+        for li, l in enumerate(layers):
             attn = _attn(st, l, n_heads)
             attn_all.append(attn)
             for c in ("QK", "OV"):
                 s = _circuit_sv(st, l, c, attn)
                 if s is not None:
                     for m, v in hm.rank_metrics(s).items():
-                        res.head[f"{c}.{m}"][i, l] = v
+                        res.head[f"{c}.{m}"][i, li] = v
             eig, space = _eig_scores(st, l, attn)
             for k, v in eig.items():
-                res.head[k][i, l] = v
+                res.head[k][i, li] = v
             if space:
                 res.meta["eig_space"] = space
             pat = st.get(f"blocks.{l}.pattern")
             if pat is not None:
-                res.head["entropy"][i, l] = hm.attention_entropy(pat).to(torch.float64)
+                res.head["entropy"][i, li] = hm.attention_entropy(pat).to(torch.float64)
                 if vocab is not None:
-                    res.key_mass[i, l] = hm.key_token_mass(pat, st["probe.tokens"], vocab)
+                    res.key_mass[i, li] = hm.key_token_mass(pat, st["probe.tokens"], vocab)
                     for name, v in hm.detection_scores(pat, st["probe.tokens"], dets).items():
-                        res.head[name][i, l] = v
+                        res.head[name][i, li] = v
                 if step in keep_steps:
                     res.patterns.setdefault(step, {})[l] = pat[0].float().clone()
+            else:  # no patterns stored: the recorder's record-time scalars (docs/theory.md §3.3, §3.6)
+                for name, key in RECORDED_SCALARS.items():
+                    if f"scores.blocks.{l}.{key}" in st:
+                        res.head[name][i, li] = st[f"scores.blocks.{l}.{key}"].to(torch.float64)
+                        res.meta["pattern_scores"] = "recorder scalars (no patterns stored)"
             for name in DETECTIONS:  # scores on a separate repeated-tokens probe take precedence
-                if f"scores.blocks.{l}.{name}" in st:
-                    res.head[name][i, l] = st[f"scores.blocks.{l}.{name}"].to(torch.float64)
+                if f"detect.blocks.{l}.{name}" in st:
+                    res.head[name][i, li] = st[f"detect.blocks.{l}.{name}"].to(torch.float64)
+            rows = None
             if f"blocks.{l}.mlp.W_in" in st:
                 W_in = st[f"blocks.{l}.mlp.W_in"]
                 rows = layer_rows.setdefault("mlp_condensation", [[float("nan")] * n_layers for _ in range(S)])
-                rows[i][l] = hm.condensation_index(W_in)
+                rows[i][li] = hm.condensation_index(W_in)
                 if i == 0 or i == S - 1:
                     res.neurons.setdefault(l, {})[step] = W_in.T.to(torch.float64).clone()
+            elif f"scores.blocks.{l}.mlp.W_in.cos_top1" in st:  # the recorder's scalar (mlp="scalars")
+                rows = layer_rows.setdefault("mlp_condensation", [[float("nan")] * n_layers for _ in range(S)])
+                rows[i][li] = float(st[f"scores.blocks.{l}.mlp.W_in.cos_top1"])
         if n_layers > 1:
             comp = None
             if all(a is not None for a in attn_all):
                 comp = hm.composition_scores(*[torch.stack([a[j] for a in attn_all]) for j in range(4)])
-            elif all(f"blocks.{l}.QK" in st and f"blocks.{l}.OV" in st for l in range(n_layers)):
-                comp = hm.composition_scores_dense(torch.stack([st[f"blocks.{l}.QK"] for l in range(n_layers)]),
-                                                   torch.stack([st[f"blocks.{l}.OV"] for l in range(n_layers)]))
+            elif all(f"blocks.{l}.QK" in st and f"blocks.{l}.OV" in st for l in layers):
+                comp = hm.composition_scores_dense(torch.stack([st[f"blocks.{l}.QK"] for l in layers]),
+                                                   torch.stack([st[f"blocks.{l}.OV"] for l in layers]))
             for mode, v in (comp or {}).items():
                 comp_rows.setdefault(mode, [None] * S)[i] = v
         recorded = {k[len("scores.rel_change."):]: float(v) for k, v in st.items() if k.startswith("scores.rel_change.")}
@@ -321,13 +341,15 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
                                                                              float("nan")) for x in v])
                        for m, v in comp_rows.items()}
     res.layer = {m: torch.tensor(v, dtype=torch.float64) for m, v in layer_rows.items()}
-    res.rel_change = {k: torch.tensor(v, dtype=torch.float64) for k, v in rel.items()}
+    res.rel_change = {k: t for k, v in rel.items()  # all-NaN: W_0 = 0 (e.g. zero-initialised biases)
+                      if not torch.isnan(t := torch.tensor(v, dtype=torch.float64)).all()}
     res.views = views
     return res
 
 
-def _n_heads(st: dict, n_layers: int) -> int:
-    for k in ("blocks.0.attn.W_Q", "blocks.0.QK.sv", "blocks.0.QK", "blocks.0.pattern"):
+def _n_heads(st: dict, layers: list[int]) -> int:
+    l = layers[0] if layers else 0
+    for k in (f"blocks.{l}.attn.W_Q", f"blocks.{l}.QK.sv", f"blocks.{l}.QK", f"blocks.{l}.pattern"):
         if k in st:
             return st[k].shape[1] if k.endswith("pattern") else st[k].shape[0]
     return 1
@@ -341,12 +363,16 @@ class SeriesResult:
     ``head[metric]`` is ``[step, layer, head]``; ``composition[mode]`` is
     ``[step, layer, head, layer, head]`` (left head, right head); ``layer[metric]`` ``[step, layer]``;
     ``rel_change[param]`` ``[step]``; ``key_mass`` ``[step, layer, head, token]`` over ``key_tokens``.
+    Axis positions map to model indices through ``layer_ids`` / ``head_ids`` (a recorder with ``layers=`` /
+    ``heads=`` records a subset); exports (``to_pandas``, ``to_json``, ``final``) use the model indices.
     """
 
     name: str
     steps: list[int]
     n_layers: int = 0
     n_heads: int = 0
+    layer_ids: list[int] = field(default_factory=list)
+    head_ids: list[int] = field(default_factory=list)
     head: dict[str, Tensor] = field(default_factory=dict)
     composition: dict[str, Tensor] = field(default_factory=dict)
     layer: dict[str, Tensor] = field(default_factory=dict)
@@ -361,6 +387,12 @@ class SeriesResult:
     views: Views | None = None
 
     # -- export ---------------------------------------------------------------------------------------------
+    def _L(self, li: int) -> int:
+        return self.layer_ids[li] if li < len(self.layer_ids) else li
+
+    def _H(self, hi: int) -> int:
+        return self.head_ids[hi] if hi < len(self.head_ids) else hi
+
     def rows(self, key_mass_top: int = 5) -> Iterator[tuple[int, int, int, str, float]]:
         """Tidy rows (step, layer, head, metric, value); layer/head -1 where the metric has none."""
         for m, v in self.head.items():
@@ -369,18 +401,19 @@ class SeriesResult:
             for i, s in enumerate(self.steps):
                 for l in range(self.n_layers):
                     for h in range(self.n_heads):
-                        yield s, l, h, m, float(v[i, l, h])
+                        yield s, self._L(l), self._H(h), m, float(v[i, l, h])
         for mode, v in self.composition.items():
             for i, s in enumerate(self.steps):
                 for l1 in range(self.n_layers):
                     for h1 in range(self.n_heads):
                         for l2 in range(l1 + 1, self.n_layers):
                             for h2 in range(self.n_heads):
-                                yield s, l2, h2, f"{mode}_comp.L{l1}H{h1}", float(v[i, l1, h1, l2, h2])
+                                yield (s, self._L(l2), self._H(h2), f"{mode}_comp.L{self._L(l1)}H{self._H(h1)}",
+                                       float(v[i, l1, h1, l2, h2]))
         for m, v in self.layer.items():
             for i, s in enumerate(self.steps):
                 for l in range(self.n_layers):
-                    yield s, l, -1, m, float(v[i, l])
+                    yield s, self._L(l), -1, m, float(v[i, l])
         for k, v in self.rel_change.items():
             mm = _BLOCK.match(k)
             for i, s in enumerate(self.steps):
@@ -391,7 +424,7 @@ class SeriesResult:
                 for i, s in enumerate(self.steps):
                     for l in range(self.n_layers):
                         for h in range(self.n_heads):
-                            yield s, l, h, f"key_mass.{t}", float(self.key_mass[i, l, h, j])
+                            yield s, self._L(l), self._H(h), f"key_mass.{t}", float(self.key_mass[i, l, h, j])
 
     def top_key_tokens(self, k: int = 5) -> list[int]:
         """Token ids with the most attention mass at the last step (summed over layers and heads)."""
@@ -416,6 +449,7 @@ class SeriesResult:
 
         return {
             "name": self.name, "steps": self.steps, "n_layers": self.n_layers, "n_heads": self.n_heads,
+            "layer_ids": self.layer_ids, "head_ids": self.head_ids,
             "notes": self.notes, "meta": self.meta,
             "head": {m: clean(v.tolist()) for m, v in self.head.items() if not torch.isnan(v).all()},
             "composition": {m: clean(v.tolist()) for m, v in self.composition.items()},
@@ -430,7 +464,7 @@ class SeriesResult:
         out = []
         for l in range(self.n_layers):
             for h in range(self.n_heads):
-                r = {"layer": l, "head": h}
+                r = {"layer": self._L(l), "head": self._H(h)}
                 for m, v in self.head.items():
                     if not torch.isnan(v[-1, l, h]):
                         r[m] = float(v[-1, l, h])

@@ -36,9 +36,9 @@ def _grid(res, metrics: Sequence[str], title: str) -> Figure:
             ax = axes[l][j]
             v = res.head[m][:, l] if m in res.head else torch.full((len(x), res.n_heads), float("nan"))
             for h in range(res.n_heads):
-                ax.plot(x, v[:, h].numpy(), lw=1, label=f"H{h}")
+                ax.plot(x, v[:, h].numpy(), lw=1, label=f"H{res._H(h)}")
             _log_x(ax, x)
-            ax.set_title(f"L{l} {m}", fontsize=8)
+            ax.set_title(f"L{res._L(l)} {m}", fontsize=8)
             ax.tick_params(labelsize=7)
     if res.n_heads <= 12:
         axes[0][-1].legend(fontsize=6, ncol=2)
@@ -68,7 +68,8 @@ def plot(res, what: str = "rank", metrics: Sequence[str] | None = None, step: in
             H, L = res.n_heads, res.n_layers
             for j in top:
                 l1, h1, l2, h2 = j // (H * L * H), j // (L * H) % H, j // H % L, j % H
-                ax.plot(res.steps, flat[:, j].numpy(), lw=1, label=f"L{l1}H{h1}->L{l2}H{h2}")
+                ax.plot(res.steps, flat[:, j].numpy(), lw=1,
+                        label=f"L{res._L(l1)}H{res._H(h1)}->L{res._L(l2)}H{res._H(h2)}")
             _log_x(ax, res.steps)
             ax.set_title(f"{mode}-composition (top pairs at the end)", fontsize=8)
             ax.legend(fontsize=6)
@@ -93,8 +94,8 @@ def plot(res, what: str = "rank", metrics: Sequence[str] | None = None, step: in
             for l, ax in enumerate(axes):
                 ax.imshow(res.key_mass[i, l][:, idx].numpy(), aspect="auto", cmap="viridis", vmin=0)
                 ax.set_xticks(range(len(toks)), [str(t) for t in toks], fontsize=6, rotation=90)
-                ax.set_yticks(range(res.n_heads), [f"H{h}" for h in range(res.n_heads)], fontsize=6)
-                ax.set_title(f"L{l} attention mass by key token, step {res.steps[i]}", fontsize=8)
+                ax.set_yticks(range(res.n_heads), [f"H{res._H(h)}" for h in range(res.n_heads)], fontsize=6)
+                ax.set_title(f"L{res._L(l)} attention mass by key token, step {res.steps[i]}", fontsize=8)
         return fig
     if what == "condensation":
         from sslens.analyses.condensation import plot_cosine, reordered_cosine
@@ -115,14 +116,16 @@ def pattern_view(res, layers: Sequence[int] | None = None, heads: Sequence[int] 
 
     if not res.patterns or res.probe is None:
         return None
-    layers = list(layers) if layers is not None else list(range(min(res.n_layers, 4)))
-    heads = list(heads) if heads is not None else list(range(min(res.n_heads, 8)))
+    ids = res.layer_ids or list(range(res.n_layers))
+    hids = res.head_ids or list(range(res.n_heads))
+    layers = list(layers) if layers is not None else ids[:4]
+    heads = list(heads) if heads is not None else hids[:8]
     panels, names = [], []
     for l in layers:
         for h in heads:
             for s in sorted(res.patterns):
-                if l in res.patterns[s] and h < res.patterns[s][l].shape[0]:
-                    panels.append(res.patterns[s][l][h])
+                if l in res.patterns[s] and h in hids:
+                    panels.append(res.patterns[s][l][hids.index(h)])
                     names.append(f"L{l}H{h} step {s}")
     if not panels:
         return None

@@ -13,6 +13,7 @@ from sslens.analyses.series import analyze_recording, repeated_random_tokens
 from sslens.checkpoints import load_probe, open_series, save_config
 from sslens.cli import main
 from sslens.hooks import CircuitRecorder
+from sslens.hooks.recorder import Recording
 
 CONFIGS = {
     "ln_mlp": dict(n_layers=2, d_model=16, d_head=4, n_heads=2, d_mlp=32, d_vocab=40, n_ctx=12, act_fn="gelu",
@@ -159,3 +160,59 @@ def test_known_previous_token_and_induction_heads(tmp_path):
     K = torch.nan_to_num(r.composition["K"][0])  # a zero head's score is 0/0
     assert K[0, 0, 1, 0] > 0.3 and K[0, 0, 1, 0] == K.max()
     assert r.composition["Q"][0][0, 0, 1, 0].abs() < 1e-12  # its queries read token dims, which L0H0 never writes
+
+
+# ---------------------------------------------------------------------------------------- recorder defaults
+def test_analyze_a_recording_written_with_the_recorder_defaults(tmp_path):
+    """A plain loop on a rotary/RMS/GQA/gated model with ``CircuitRecorder(model, store=DIR).attach(opt)`` and
+    nothing else: factored weights, QK/OV spectra, scores, default repeated-random probe. ``sslens analyze DIR``
+    equals TransformerLens's own circuits, eigenvalues, composition scores and patterns at the last step."""
+    cfg = HookedTransformerConfig(**CONFIGS["rotary_rms_gqa_gated"], seed=0, device="cpu")
+    model = HookedTransformer(cfg)
+    W0 = {k: v.detach().clone() for k, v in model.named_parameters()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    rec = CircuitRecorder(model, store=tmp_path / "run", verbose=False).attach(opt)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        model(torch.randint(0, 40, (8, 12), generator=g), return_type="loss").backward()
+        opt.step()
+        opt.zero_grad()
+    rec.detach()
+    assert main(["analyze", str(tmp_path / "run"), "--quiet"]) == 0
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())["series"][0]
+    assert m["steps"] == [0, 1, 2, 4] and m["head_ids"] == [0, 1, 2, 3] and m["meta"]["eig_space"] == "recorded"
+    for l in range(2):
+        s = f64(model.QK[l]).svd()[1].detach()
+        assert m["head"]["QK.effective_rank"][-1][l] == pytest.approx(erank(s).tolist(), rel=1e-5)
+        s = f64(model.OV[l]).svd()[1].detach()
+        assert m["head"]["OV.stable_rank"][-1][l] == pytest.approx(((s**2).sum(-1) / s[:, 0] ** 2).tolist(), rel=1e-5)
+        E = model.W_E.detach().double()
+        lam = torch.linalg.eigvals(E @ f64(model.QK[l]).AB @ E.T)  # dense [head, vocab, vocab] eigenvalues
+        assert m["head"]["qk_eig"][-1][l] == pytest.approx((lam.sum(-1).real / lam.abs().sum(-1)).tolist(), abs=1e-5)
+    for mode in "QKV":
+        want = model.all_composition_scores(mode).detach().double()
+        assert torch.tensor(m["composition"][mode][-1], dtype=torch.float64) == pytest.approx(want, rel=1e-5, abs=1e-6)
+    probe = Recording(tmp_path / "run").at(4)["probe.tokens"]
+    assert probe.shape == (4, 12) and torch.equal(probe[:, :6], probe[:, 6:])  # the default repeated probe
+    _, cache = model.run_with_cache(probe)
+    for l in range(2):
+        a = cache["pattern", l]
+        assert m["head"]["entropy"][-1][l] == pytest.approx((-(a * torch.log(a + 1e-8)).sum(-1)).mean(dim=(0, 2)).tolist(),
+                                                           rel=1e-5)
+    W = model.blocks[1].attn.W_Q.detach()  # GQA: W_Q has a row per query head
+    rc = ((W - W0["blocks.1.attn.W_Q"]).norm() / W0["blocks.1.attn.W_Q"].norm()).item()
+    assert m["rel_change"]["blocks.1.attn.W_Q"][-1] == pytest.approx(rc, rel=1e-5)
+    assert m["rel_change"]["blocks.1.attn.W_Q"][0] == 0
+
+
+def test_a_subset_recording_keeps_model_layer_and_head_indices(tmp_path):
+    cfg = HookedTransformerConfig(**CONFIGS["ln_mlp"], seed=0, device="cpu")
+    model = HookedTransformer(cfg)
+    CircuitRecorder(model, store=tmp_path / "run", layers=[1], heads=[1], schedule=[], verbose=False).record(0)
+    assert main(["analyze", str(tmp_path / "run"), "--quiet", "--layers", "1", "--heads", "1"]) == 0
+    df = analyze_recording(tmp_path / "run", progress=False).to_pandas()
+    assert set(df["layer"]) == {1} and set(df[df["head"] >= 0]["head"]) == {1}
+    s = f64(model.QK[1]).svd()[1].detach()[1]
+    got = df[(df.metric == "QK.effective_rank")].value.item()
+    assert got == pytest.approx(erank(s).item(), rel=1e-5)
+    assert "L1H1 step 0" in (tmp_path / "run" / "report.html").read_text()
