@@ -168,10 +168,10 @@ def checkpoint_source(series, probe: Tensor | None = None, seed: int = 0) -> Sta
             if rep is None and not is_repeated(probe):
                 rep = repeated_random_tokens(model.cfg.d_vocab, model.cfg.n_ctx, seed=seed)
             period = probe.shape[1] // 2 if is_repeated(probe) else None
-            rec = CircuitRecorder(model, store=None, probe_tokens=probe, schedule=[], probe_period=period,
-                                  verbose=False).record(step)
-            if first is None:
+            if first is None:  # W_0 of scores.rel_change: the first checkpoint's parameters
                 first = {k: v.detach().clone() for k, v in model.named_parameters()}
+            rec = CircuitRecorder(model, store=None, probe_tokens=probe, schedule=[], probe_period=period,
+                                  reference=first, verbose=False).record(step)
             yield step, model_state(model, rec, first, rep)
 
     return StateSource(series.name, list(series.steps), states, notes, meta)

@@ -216,3 +216,22 @@ def test_a_subset_recording_keeps_model_layer_and_head_indices(tmp_path):
     got = df[(df.metric == "QK.effective_rank")].value.item()
     assert got == pytest.approx(erank(s).item(), rel=1e-5)
     assert "L1H1 step 0" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_an_sslens_run_gets_its_theory_report_and_the_series_analysis(tmp_path):
+    run = tmp_path / "ss"
+    argv = ["train", "scan-snap", "--preset", "syn-small", "--batch", "4", "--seq-len", "6", "--steps", "4",
+            "--checkpoint-every", "2", "--quiet", "--out", str(run)]
+    assert main(argv) == 0
+    assert main(["analyze", str(run), "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    assert {"metrics.json", "report.html", "series.json", "series.html"} <= {p.name for p in (tmp_path / "a").iterdir()}
+    assert "checks" in json.loads((tmp_path / "a" / "metrics.json").read_text())  # the theory analyzer's own
+    s = json.loads((tmp_path / "a" / "series.json").read_text())["series"][0]
+    from sslens.store import RunStore
+
+    model = RunStore(run).load_model()  # the final weights = the last recorded step
+    step = s["steps"][-1]
+    assert step == 4
+    sv = f64(model.QK[0]).svd()[1].detach()
+    # the recorder stores float32 spectra: effective rank to float32 precision of the small singular values
+    assert s["head"]["QK.effective_rank"][-1][0] == pytest.approx(erank(sv).tolist(), rel=1e-4)
