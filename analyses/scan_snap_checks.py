@@ -150,23 +150,26 @@ def checks(traj, cfg: dict) -> dict:
 
     # Thm 2: distinct tokens gain attention logit, common tokens lose it
     rose = torch.cat([dz[k, d] > 0 for k, d in enumerate(spec.distinct)]).double().mean().item()
-    rows.append(_row("Thm 2: fraction of distinct tokens whose z rose", rose, "1", f">= {TOL['thm2']}", rose >= TOL["thm2"], r))
+    rows.append(_row("thm2.distinct_rise", "Thm 2: fraction of distinct tokens whose z rose", rose, "1",
+                     f">= {TOL['thm2']}", rose >= TOL["thm2"], r))
     common = [dz[k, c] < 0 for k, c in enumerate(spec.common) if c]
     if common:
         fell = torch.cat(common).double().mean().item()
-        rows.append(_row("Thm 2: fraction of common tokens whose z fell", fell, "1", f">= {TOL['thm2']}", fell >= TOL["thm2"], r))
+        rows.append(_row("thm2.common_fall", "Thm 2: fraction of common tokens whose z fell", fell, "1",
+                         f">= {TOL['thm2']}", fell >= TOL["thm2"], r))
 
     # Thm 3: (1 - e^{-2 dz_l}) / P(l|n)^2 equal over a class's distinct tokens (zero init), and general form
-    for name, top in (("all distinct tokens", None), ("top-5 distinct tokens", 5)):
+    for key, name, top in (("thm3.cv_all", "all distinct tokens", None), ("thm3.cv_top5", "top-5 distinct tokens", 5)):
         v = float(np.mean(thm3_cv(dz, spec, top)))
-        rows.append(_row(f"Thm 3: CV of (1-e^(-2dz))/P^2, {name}", v, "0", f"<= {TOL['thm3_cv']}", v <= TOL["thm3_cv"], r))
+        rows.append(_row(key, f"Thm 3: CV of (1-e^(-2dz))/P^2, {name}", v, "0", f"<= {TOL['thm3_cv']}", v <= TOL["thm3_cv"], r))
     g = float(np.median(thm3_general_error(zq0, zq1, spec)))
-    rows.append(_row("Thm 3 (general form): rel. error of z predicted from the top token's z", g, "0",
+    rows.append(_row("thm3.general", "Thm 3 (general form): rel. error of z predicted from the top token's z", g, "0",
                      f"<= {TOL['thm3_general']}", bool(g <= TOL["thm3_general"]), r))
 
     # ordering: final attention follows P(l|n) over distinct tokens
     rho = float(np.mean(ordering_spearman(traj.c[-1], spec)))
-    rows.append(_row("ordering: Spearman(final c_n, P(l|n)) over distinct tokens", rho, "1", f">= {TOL['spearman']}",
+    rows.append(_row("ordering.spearman", "ordering: Spearman(final c_n, P(l|n)) over distinct tokens", rho, "1",
+                     f">= {TOL['spearman']}",
                      rho >= TOL["spearman"], r))
 
     # Thm 4: snap time and chi(t), in gradient-flow time
@@ -179,20 +182,20 @@ def checks(traj, cfg: dict) -> dict:
     chi_p = theory.chi(tau, spec.M, spec.K, r["eta_Y"], r["eta_Z"])
     ratio = ts / t0
     ok = 1 / TOL["snap_factor"] <= ratio <= TOL["snap_factor"]
-    rows.append(_row("Thm 4: measured snap step / t0 (t0 = 2K ln M / eta_Y in flow time)", ratio,
+    rows.append(_row("thm4.snap_vs_t0", "Thm 4: measured snap step / t0 (t0 = 2K ln M / eta_Y in flow time)", ratio,
                      f"1 (t0 = step {t0:.3g}, measured {ts:g})", f"within x{TOL['snap_factor']:g}", ok if gd else None, r))
     dt = np.diff(np.asarray(steps, dtype=np.float64))
     ts_theory = snap_from_speed(steps, np.abs(np.diff(np.log(chi_p))) / dt) if len(steps) > 1 else float("nan")
     rt = ts / ts_theory
-    rows.append(_row("Thm 4: measured snap step / same rule on the predicted chi(t)", rt,
+    rows.append(_row("thm4.snap_vs_rule", "Thm 4: measured snap step / same rule on the predicted chi(t)", rt,
                      f"1 (rule on Thm 4 curve: step {ts_theory:g})", f"within x{TOL['snap_factor']:g}",
                      (1 / TOL["snap_factor"] <= rt <= TOL["snap_factor"]) if gd else None, r))
     sel = np.asarray(steps) > 0
     corr = float(pearsonr(np.log(chi_m[sel]), np.log(chi_p[sel])).statistic) if sel.sum() > 2 else float("nan")
-    rows.append(_row("Thm 4: corr(log chi measured, log chi predicted)", corr, "1", f">= {TOL['chi_corr']}",
+    rows.append(_row("thm4.chi_corr", "Thm 4: corr(log chi measured, log chi predicted)", corr, "1", f">= {TOL['chi_corr']}",
                      bool(corr >= TOL["chi_corr"]) if gd else None, r))
     final_ratio = float(np.log(chi_m[-1]) / np.log(chi_p[-1])) if chi_p[-1] > 1 else float("nan")
-    rows.append(_row("Thm 4: final log chi measured / predicted", final_ratio, "1", "reported", None, r))
+    rows.append(_row("thm4.chi_final_ratio", "Thm 4: final log chi measured / predicted", final_ratio, "1", "reported", None, r))
     return {
         "regime": r, "regime_text": regime_text(r), "known_failures": known_failures(r), "rows": rows,
         "t0": t0, "t0_flow": t0_flow, "snap_step": ts, "snap_step_theory": ts_theory,
@@ -212,8 +215,9 @@ def chi_measured(traj) -> np.ndarray:
     return np.exp(np.mean(logs, axis=0))
 
 
-def _row(check, measured, predicted, tolerance, passed, r) -> dict:
-    return {"check": check, "measured": float(measured), "predicted": predicted, "tolerance": tolerance,
+def _row(id_, check, measured, predicted, tolerance, passed, r) -> dict:
+    """One check; ``id`` is stable (``OUT/checks.json`` keys on it)."""
+    return {"id": id_, "check": check, "measured": float(measured), "predicted": predicted, "tolerance": tolerance,
             "pass": None if passed is None else bool(passed), "regime": regime_text(r)}
 
 

@@ -7,6 +7,7 @@ import contextlib
 import io
 import itertools
 import json
+import os
 import traceback
 
 import pytest
@@ -35,10 +36,13 @@ def paths(tmp_path_factory):
     pts = root / "pts"
     pts.mkdir()
     (pts / "model_1.pt").write_bytes(b"PK\x03\x04 truncated zip")
-    return {"root": root, "good": good, "choices": [
+    old = os.getcwd()
+    os.chdir(root)  # relative outputs ("pretrained:no-such-model" as --out) land here, never in the checkout
+    yield {"root": root, "good": good, "choices": [
         str(good), str(root / "afile"), str(root / "afile" / "sub"), "", str(root / "missing" / "deep"),
         str(root / "empty"), str(ckpts), str(pts), "/proc/sslens_fuzz/x", "x" * 300, "pretrained:no-such-model",
     ]}
+    os.chdir(old)
 
 
 junk_scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8))
