@@ -235,3 +235,26 @@ def test_an_sslens_run_gets_its_theory_report_and_the_series_analysis(tmp_path):
     sv = f64(model.QK[0]).svd()[1].detach()
     # the recorder stores float32 spectra: effective rank to float32 precision of the small singular values
     assert s["head"]["QK.effective_rank"][-1][0] == pytest.approx(erank(sv).tolist(), rel=1e-4)
+
+
+def test_a_spectra_only_recording_uses_the_recorded_scalars(tmp_path):
+    """No weights, no patterns: rank metrics from QK/OV.sv, entropy/induction from the recorder's scalars (its
+    definitions: queries q >= 1, A[q, q-p+1] on the second repeat), condensation from its cos_top1."""
+    model = HookedTransformer(HookedTransformerConfig(**CONFIGS["ln_mlp"], seed=0, device="cpu"))
+    CircuitRecorder(model, store=tmp_path / "run", spectra_only=True, mlp=True, schedule=[], verbose=False).record(0)
+    assert main(["analyze", str(tmp_path / "run"), "--quiet"]) == 0
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())["series"][0]
+    assert m["meta"]["pattern_scores"] == "recorder scalars (no patterns stored)" and m["composition"] == {}
+    probe = Recording(tmp_path / "run").at(0)["probe.tokens"]
+    p = probe.shape[1] // 2
+    _, cache = model.run_with_cache(probe)
+    for l in range(2):
+        a = cache["pattern", l]
+        q = torch.arange(p, 2 * p)
+        assert m["head"]["prefix_matching"][0][l] == pytest.approx(a[..., q, q - p + 1].mean(dim=(0, 2)).tolist(), rel=1e-5)
+        s = f64(model.QK[l]).svd()[1].detach()
+        assert m["head"]["QK.effective_rank"][0][l] == pytest.approx(erank(s).tolist(), rel=1e-5)
+        W = model.blocks[l].mlp.W_in.detach().double().T
+        Wn = W / W.norm(dim=1, keepdim=True)
+        assert m["layer"]["mlp_condensation"][0][l] == pytest.approx(torch.linalg.eigvalsh(Wn @ Wn.T)[-1].item() / W.shape[0],
+                                                                     rel=1e-5)
