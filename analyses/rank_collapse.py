@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from sslens.analyses import rank
 from sslens.analyses.condensation import mean_abs_cos, relative_change
@@ -37,9 +38,12 @@ def weights(tensors: dict) -> dict:
 
 
 def data(store: RunStore, n_data: int = 2048):
+    """X, y, config: the run's fixed training set when its task has one (full-batch runs: the theory's
+    F sums over the training sequences, docs/theory.md §2.3), else ``n_data`` fresh sequences (seed 12345)."""
     cfg = store.read_config()
     task = build_task(cfg["task"])
-    tokens, target = task.batch(n_data, torch.Generator().manual_seed(12345))
+    fixed = task.training_set() if hasattr(task, "training_set") else None
+    tokens, target = fixed if fixed is not None else task.batch(n_data, torch.Generator().manual_seed(12345))
     t0, _ = store.load_checkpoint(store.checkpoint_steps()[0])
     X = t0["model.embed.W_E"].double()[tokens]
     if "model.pos_embed.W_pos" in t0:
@@ -131,3 +135,150 @@ def loglog_slope(eps: list[float], t_esc: list[float], n_boot: int = 2000, seed:
             boots.append(np.polyfit(x[i], y[i], 1)[0])
     lo, hi = np.percentile(boots, [2.5, 97.5])
     return {"slope": slope, "ci95": [float(lo), float(hi)], "n": int(len(x))}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stage 2 in its regime (docs/rank_collapse.md "Stage 2"): Assumption 2 measured, Thm 3's rates.
+
+DELTA = 0.1  # small-regime threshold on the score spread ||W_Q W_K^T||_2 max_i ||x_i||^2 / sqrt(d)
+
+
+def score_scale(QK: Tensor, X: Tensor) -> float:
+    """||W_Q W_K^T||_2 max ||x||^2 / sqrt(d): a bound on |x_q W_Q W_K^T x_k^T| / sqrt(d) over the data."""
+    d = X.shape[-1]
+    return (torch.linalg.matrix_norm(QK, ord=2) * X.norm(dim=-1).max() ** 2 / d**0.5).item()
+
+
+def _fit_slope(x, y) -> float:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    return float(np.polyfit(x, y, 1)[0]) if len(x) >= 2 else float("nan")
+
+
+def _outer_grad_ratio(store: RunStore, step: int, tokens: Tensor, y: Tensor) -> float:
+    """||dL/d(W_V, W1, W2)|| / ||dL/d(W_Q, W_K)|| at a checkpoint, by autograd on the data."""
+    from sslens.losses import last_token_exp
+
+    model = store.load_model(step)
+    loss = last_token_exp(model(tokens), y.to(model.cfg.dtype))
+    names = dict(model.named_parameters())
+    attn = [names[n] for n in ("blocks.0.attn.W_Q", "blocks.0.attn.W_K")]
+    outer = [p for n, p in names.items() if p.requires_grad and n not in ("blocks.0.attn.W_Q", "blocks.0.attn.W_K")]
+    g = torch.autograd.grad(loss, attn + outer)
+    na = torch.sqrt(sum((x.double() ** 2).sum() for x in g[:2])).item()
+    no = torch.sqrt(sum((x.double() ** 2).sum() for x in g[2:])).item()
+    return no / max(na, 1e-300)
+
+
+def stage2(run_dir, delta: float = DELTA, n_data: int = 2048) -> dict:
+    """Stage-2 quantities of a scalar-head run at every checkpoint and the derived rates.
+
+    Rules (documented in docs/rank_collapse.md):
+    - small regime: score spread ``score_scale`` < ``delta``; **end of stage 2** ``t_end`` = the last
+      checkpoint before the score spread first reaches ``delta``;
+    - stage-2 start ``t1``: outer relative change at half its value at ``t_end``;
+    - growth window: checkpoints in [t1, t_end] with ||W_Q||_F >= 3 x its initial value (the random init
+      part no longer dominates); rate of ln||W_Q|| per unit of lr x step (least squares) against the mean
+      sigma1(F(t)) over the window;
+    - misalignment mis(t) = sqrt(1 - cos^2(W_Q W_K^T, u1 v1^T of F(t))); its decay rate per lr x step is
+      fitted from the first checkpoint of the growth window to the first one where mis is within 2x of its
+      minimum over [t1, t_end], against the mean sigma1 - sigma2 of F;
+    - time to leave the small regime (lr x steps from t1 to t_end) against ln(1/eps_attn) / sigma1.
+    """
+    store = RunStore(run_dir)
+    X, y, cfg = data(store, n_data)
+    tokens = _tokens(store, n_data)
+    mc = cfg["model"]
+    lr = float(next(iter(cfg["train"]["lr"].values())))
+    steps = store.checkpoint_steps()
+    Ws = [weights(store.load_checkpoint(s)[0]) for s in steps]
+    QK = [w["W_Q"] @ w["W_K"].T for w in Ws]
+    Fs = [th.stage2_F(X, y, w["W_V"], w["W1"], w["W2"]) for w in Ws]
+    sv = [torch.linalg.svdvals(F) for F in Fs]
+    cos = [rank.rank1_alignment(q, *_uv(F)).item() for q, F in zip(QK, Fs)]
+    scale = [score_scale(q, X) for q in QK]
+    i_end = next((i - 1 for i, r in enumerate(scale) if r >= delta), len(steps) - 1)
+    i_end = max(i_end, 0)
+    cat = lambda w, names: torch.cat([w[n].flatten() for n in names])  # noqa: E731
+    rel_outer = [relative_change(cat(w, OUTER), cat(Ws[0], OUTER)) for w in Ws]
+    ref = rel_outer[i_end]
+    i1 = int(np.argmax(np.asarray(rel_outer[: i_end + 1]) >= 0.5 * ref)) if ref > 0 else 0
+    nq = [w["W_Q"].norm().item() for w in Ws]
+    nk = [w["W_K"].norm().item() for w in Ws]
+    time = [lr * s for s in steps]
+    grow = [i for i in range(i1, i_end + 1) if nq[i] >= 3 * nq[0]]
+    rate = _fit_slope([time[i] for i in grow], [np.log(nq[i]) for i in grow]) if len(grow) >= 2 else float("nan")
+    s1 = float(np.mean([sv[i][0].item() for i in grow])) if grow else float("nan")
+    mis = [float(np.sqrt(max(1 - c * c, 1e-300))) for c in cos]
+    floor = min(mis[i1: i_end + 1])
+    mwin = [i for i in range(i1, i_end + 1) if 2 * floor <= mis[i] <= 0.9]
+    if mwin:  # the first contiguous stretch: decaying misalignment before it reaches its floor
+        mwin = [i for i in range(mwin[0], i_end + 1) if i <= mwin[0] or (mis[i] >= 2 * floor and i - 1 in mwin)]
+    decay = -_fit_slope([time[i] for i in mwin], [np.log(mis[i]) for i in mwin]) if len(mwin) >= 2 else float("nan")
+    gap = float(np.mean([(sv[i][0] - sv[i][1]).item() for i in mwin])) if mwin else float("nan")
+    eps_attn = mc.get("init_attn") or init_std_of(mc)
+    t_leave = time[i_end] - time[i1]
+    s1_end = sv[i_end][0].item()
+    # Assumption 2: outer directions frozen, attention small, outer gradients dominate
+    wvec = [w["W_V"] @ w["W1"] @ w["W2"] for w in Ws]
+    ang = []
+    for i in range(grow[0] if grow else i1, i_end):
+        c = torch.dot(wvec[i], wvec[i + 1]) / (wvec[i].norm() * wvec[i + 1].norm())
+        ang.append(float(torch.arccos(c.clamp(-1, 1))) / max(steps[i + 1] - steps[i], 1))
+    outer_norm = [float(np.sqrt(sum(w[n].norm().item() ** 2 for n in OUTER))) for w in Ws]
+    gi = sorted({i1, (i1 + i_end) // 2, i_end})
+    gratio = {steps[i]: _outer_grad_ratio(store, steps[i], tokens, y) for i in gi}
+    # the exact force G = -dL/d(W_Q W_K^T) (analyses/qk_gradient.py) on the growth window: tanh' included
+    gwin = grow[:: max(1, len(grow) // 4)] if grow else []
+    sG = {steps[i]: _sigma1_G(store, steps[i], tokens, y) for i in gwin}
+    return {
+        "steps": steps, "lr": lr, "delta": delta, "score_scale": scale, "cos_QK_F": cos, "misalignment": mis,
+        "sigma1_F": [s[0].item() for s in sv], "sigma2_F": [s[1].item() for s in sv], "norm_W_Q": nq, "norm_W_K": nk,
+        "norm_outer": outer_norm, "rel_change_outer": rel_outer, "t1": steps[i1], "t_end": steps[i_end],
+        "i1": i1, "i_end": i_end, "growth_window": [steps[i] for i in grow], "growth_rate": rate, "sigma1_window": s1,
+        "misalignment_window": [steps[i] for i in mwin], "misalignment_decay": decay, "sigma_gap_window": gap,
+        "eps_attn": float(eps_attn), "t_leave": t_leave, "t_leave_pred": float(np.log(1 / eps_attn) / s1_end),
+        "sigma1_end": s1_end, "outer_angle_per_step_max": max(ang) if ang else float("nan"),
+        "outer_angle_per_step": ang, "attn_over_outer_norm_t1": (nq[i1] + nk[i1]) / outer_norm[i1],
+        "attn_over_outer_norm_end": (nq[i_end] + nk[i_end]) / outer_norm[i_end],
+        "grad_ratio_outer_over_attn": gratio, "grad_ratio_end": gratio[steps[i_end]], "sigma1_G": sG,
+        "outer_angle_total": _angle(wvec[grow[0] if grow else i1], wvec[i_end]),
+        "sigma1_G_window": float(np.mean(list(sG.values()))) if sG else float("nan"),
+    }
+
+
+def _sigma1_G(store: RunStore, step: int, tokens: Tensor, y: Tensor) -> float:
+    from sslens.analyses.qk_gradient import qk_gradient
+    from sslens.losses import last_token_exp
+
+    G = qk_gradient(store.load_model(step), tokens, y, last_token_exp)[0, 0]
+    return torch.linalg.matrix_norm(G, ord=2).item()
+
+
+def init_std_of(model_cfg: dict) -> float:
+    from sslens.models.rank_collapse import init_std
+
+    return init_std(model_cfg["d"], model_cfg.get("gamma"), model_cfg.get("eps"))
+
+
+def _tokens(store: RunStore, n_data: int) -> Tensor:
+    task = build_task(store.read_config()["task"])
+    fixed = task.training_set() if hasattr(task, "training_set") else None
+    return (fixed if fixed is not None else task.batch(n_data, torch.Generator().manual_seed(12345)))[0]
+
+
+def _angle(a: Tensor, b: Tensor) -> float:
+    return float(torch.arccos((torch.dot(a, b) / (a.norm() * b.norm())).clamp(-1, 1)))
+
+
+def population_alignment(run_dir, step: int, n: int = 65536, seed: int = 777) -> float:
+    """cos(W_Q W_K^T, u1 v1^T of F) with F on ``n`` fresh sequences of the run's task distribution (not its
+    fixed training set): how far the training-set F of a finite sample is from the population's."""
+    store = RunStore(run_dir)
+    cfg = store.read_config()
+    task = build_task({k: v for k, v in cfg["task"].items() if k not in ("n_train", "data_seed")})
+    tokens, y = task.batch(n, torch.Generator().manual_seed(seed))
+    t, _ = store.load_checkpoint(step)
+    X = t["model.embed.W_E"].double()[tokens]
+    w = weights(t)
+    F = th.stage2_F(X, y.double(), w["W_V"], w["W1"], w["W2"])
+    return rank.rank1_alignment(w["W_Q"] @ w["W_K"].T, *_uv(F)).item()

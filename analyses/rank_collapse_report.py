@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from sslens.analyses.condensation import plot_cosine, reordered_cosine  # noqa: E402
-from sslens.analyses.rank_collapse import growth_rate, stage_metrics, weights  # noqa: E402
-from sslens.analyses.report import Report  # noqa: E402
-from sslens.store import RunStore, atomic_write_json  # noqa: E402
+from sslens.analyses.condensation import plot_cosine, reordered_cosine
+from sslens.analyses.rank_collapse import growth_rate, stage_metrics, weights
+from sslens.analyses.report import Report
+from sslens.store import RunStore, atomic_write_json
 
 GOALS = {"A": 0.9, "cos_QK_F": 0.95, "erank_QK": 1.5}
 
@@ -65,7 +61,8 @@ def analyze(run_dir: Path, out_dir: Path | None = None) -> dict:
     rep.h2("Measured vs predicted")
     rep.table(rows)
     s = m["steps"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.3), layout="constrained")
+    fig = Figure(figsize=(13, 3.3), layout="constrained")
+    axes = fig.subplots(1, 3)
     axes[0].plot(s, m["loss"], label="loss")
     axes[0].set_ylabel("training loss")
     ax2 = axes[0].twinx()
@@ -86,7 +83,8 @@ def analyze(run_dir: Path, out_dir: Path | None = None) -> dict:
     rep.figure(fig, "Fig. 4 style: loss and relative change (left), effective ranks (middle), ||W_Q|| (right); "
                     "dotted t1 = condensation, dashed t2 = attention activation")
     if m["scalar_head"]:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), layout="constrained")
+        fig = Figure(figsize=(10, 3.2), layout="constrained")
+        axes = fig.subplots(1, 2)
         axes[0].plot(s, m["A1"], label="A1")
         axes[0].plot(s, m["A2"], label="A2")
         axes[0].plot(s, m["cos_WV_cols_v"], label="mean |cos(W_V col, v)|")
@@ -99,7 +97,8 @@ def analyze(run_dir: Path, out_dir: Path | None = None) -> dict:
         axes[1].set_xlabel("step")
         rep.figure(fig, "Stage 1 sign conditions and alignment (left); stage 2 alignment with F's top singular pair (right)")
     idx = sorted({0, s.index(m["t1"]), len(s) - 1})
-    fig, axes = plt.subplots(1, len(idx), figsize=(3.3 * len(idx), 3.2), layout="constrained")
+    fig = Figure(figsize=(3.3 * len(idx), 3.2), layout="constrained")
+    axes = fig.subplots(1, len(idx))
     for ax, i in zip(np.atleast_1d(axes), idx):
         W1 = weights(store.load_checkpoint(s[i])[0])["W1"]
         C, _ = reordered_cosine(W1.T)  # hidden units' input weight vectors

@@ -28,6 +28,7 @@ from sslens.memory import available_memory, check_memory, estimate_bytes  # noqa
 from sslens.schedule import log_schedule
 from sslens.store import RunStore, check_out_path, load_params
 
+LR_MAX = float(torch.finfo(torch.float32).max)
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits; the probe seed adds a small offset
 
 
@@ -64,7 +65,8 @@ class TrainConfig:
         choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES)
         require(isinstance(self.lr, dict) and self.lr, "lr", "no learning rates", "{parameter pattern: rate > 0}")
         for k, v in self.lr.items():
-            require(isinstance(v, (int, float)) and v >= 0 and math.isfinite(v), f"lr[{k}]", f"got {v!r}", "a finite rate >= 0")
+            require(isinstance(v, (int, float)) and 0 <= v <= LR_MAX, f"lr[{k}]", f"got {v!r}",
+                    f"a rate in [0, {LR_MAX:.3g}] (torch's optimizers pass it as a float32 scalar)")
         require(0 <= self.momentum < 1, "momentum", f"got {self.momentum!r}", "0 <= momentum < 1")
         require(self.weight_decay >= 0, "weight_decay", f"got {self.weight_decay!r}", ">= 0")
         require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", f"got {self.grad_clip!r}", "None or > 0")

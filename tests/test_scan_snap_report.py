@@ -81,3 +81,24 @@ def test_checkpoint_c_n_equals_recorded_c_n(run_dir):
     last = RunStore(run_dir).checkpoint_steps()[-1]
     assert last in traj.steps
     assert torch.allclose(c_n_at_checkpoint(run_dir, last), traj.c[traj.steps.index(last)], atol=1e-6)
+
+
+def test_checks_json_rows_equal_the_run_metrics(run_dir):
+    from sslens.analyses.checks import by_id, read_checks
+    from sslens.analyses.scan_snap_report import analyze
+    from sslens.reproduce.scan_snap import ScanSnapResults, ScanSnapSettings, render, write_check_file
+
+    res = ScanSnapResults(ScanSnapSettings(out=run_dir.parent, fig="3"))
+    res.runs[run_dir] = m = analyze(run_dir)
+    write_check_file(res)
+    doc = read_checks(run_dir.parent)
+    rows = by_id(doc)
+    assert doc["provenance"]["seeds"] == [2] and doc["provenance"]["transformer_lens"]
+    assert len(rows) == len(m["checks"]) == len({c["id"] for c in m["checks"]})
+    for c in m["checks"]:
+        r = rows[f"ss.run.{c['id']}"]
+        assert r["measured"] == pytest.approx(c["measured"]) and r["run"] == "run" and r["step"] == m["steps"][-1]
+        assert r["pass"] == ("reported" if c["pass"] is None else c["pass"])
+    assert "ss.run.thm3.cv_all" in rows and "ss.run.thm4.snap_vs_t0" in rows
+    page = render(res).render()
+    assert "Theory checks (checks.json)" in page and "ss.run.thm2.distinct_rise" in page

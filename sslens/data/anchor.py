@@ -54,13 +54,33 @@ class AnchorTask:
 class BinaryTask:
     loss = "last_exp"
 
-    def __init__(self, vocab: int = 32, seq_len: int = 8, signal: float = 0.5):
+    def __init__(self, vocab: int = 32, seq_len: int = 8, signal: float = 0.5, n_train: int | None = None,
+                 data_seed: int = 0):
         require(isinstance(vocab, int) and vocab >= 2 and vocab % 2 == 0, "vocab", f"got {vocab!r}", "an even int >= 2")
         require(isinstance(seq_len, int) and seq_len >= 1, "seq_len", f"got {seq_len!r}", "an int >= 1")
         require(0 < signal <= 1, "signal", f"got {signal!r}", "0 < signal <= 1")
-        self.vocab, self.seq_len, self.signal = vocab, seq_len, signal
+        require(n_train is None or (isinstance(n_train, int) and n_train >= 1), "n_train", f"got {n_train!r}",
+                "None (fresh samples every step) or an int >= 1 (a fixed training set)")
+        require(isinstance(data_seed, int), "data_seed", f"got {data_seed!r}", "an int")
+        self.vocab, self.seq_len, self.signal, self.n_train, self.data_seed = vocab, seq_len, signal, n_train, data_seed
+        self._train = self.sample(n_train, torch.Generator().manual_seed(data_seed)) if n_train else None
 
     def batch(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Fresh samples, or (with ``n_train``) the fixed training set: all of it when ``batch >= n_train``
+        (full-batch gradient descent, the theory's setting, docs/theory.md §2.1), else a random subset."""
+        if self._train is None:
+            return self.sample(batch, generator)
+        X, y = self._train
+        if batch >= self.n_train:
+            return X.clone(), y.clone()
+        i = torch.randperm(self.n_train, generator=generator)[:batch]
+        return X[i], y[i]
+
+    def training_set(self) -> tuple[Tensor, Tensor] | None:
+        return None if self._train is None else (self._train[0].clone(), self._train[1].clone())
+
+    def sample(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``batch`` fresh i.i.d. sequences and labels."""
         y = torch.randint(0, 2, (batch,), generator=generator) * 2 - 1
         half = self.vocab // 2
         own = torch.randint(0, half, (batch, self.seq_len), generator=generator) + torch.where(y > 0, 0, half)[:, None]
@@ -69,4 +89,5 @@ class BinaryTask:
         return torch.where(pick, own, anyt), y.float()
 
     def to_dict(self) -> dict:
-        return {"kind": "binary", "vocab": self.vocab, "seq_len": self.seq_len, "signal": self.signal}
+        return {"kind": "binary", "vocab": self.vocab, "seq_len": self.seq_len, "signal": self.signal,
+                "n_train": self.n_train, "data_seed": self.data_seed}

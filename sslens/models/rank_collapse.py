@@ -31,13 +31,32 @@ from sslens.hooks.variants import apply_variants
 from sslens.models.scan_snap import DTYPES
 
 HEADS = ("scalar", "vocab")
+ACTS = ("tanh", "none")
+ATTN_PARAMS = ("blocks.0.attn.W_Q", "blocks.0.attn.W_K")
+
+
+def _linear_mlp(model: HookedTransformer) -> None:
+    """MLP without activation: ``hook_post = hook_pre`` (App. B.2 variant of the [CR] model)."""
+    stash: dict = {}
+
+    def keep(x, hook):
+        stash["pre"] = x
+        return x
+
+    def ident(x, hook):
+        return stash.pop("pre")
+
+    model.blocks[0].mlp.hook_pre.add_perma_hook(keep)
+    model.blocks[0].mlp.hook_post.add_perma_hook(ident)
 
 
 def rank_collapse_config(d: int = 32, d_vocab: int = 201, head: str = "vocab", d_ff: int | None = None,
                          n_ctx: int = 10, gamma: float | None = 0.85, eps: float | None = None, pos: bool = True,
-                         dtype: str = "float32") -> dict:
+                         dtype: str = "float32", init_attn: float | None = None, init_outer: float | None = None,
+                         act: str = "tanh") -> dict:
     return {"kind": "rank_collapse", "d": d, "d_vocab": d_vocab, "head": head, "d_ff": d_ff, "n_ctx": n_ctx,
-            "gamma": gamma, "eps": eps, "pos": pos, "dtype": dtype}
+            "gamma": gamma, "eps": eps, "pos": pos, "dtype": dtype, "init_attn": init_attn,
+            "init_outer": init_outer, "act": act}
 
 
 def init_std(d: int, gamma: float | None, eps: float | None) -> float:
@@ -52,16 +71,27 @@ def _quiet_model(cfg: HookedTransformerConfig) -> HookedTransformer:
         return HookedTransformer(cfg)
 
 
-def rank_collapse(d: int = 32, d_vocab: int = 201, head: str = "vocab", d_ff: int | None = None, n_ctx: int = 10,
+def rank_collapse(*, d: int = 32, d_vocab: int = 201, head: str = "vocab", d_ff: int | None = None, n_ctx: int = 10,
                   gamma: float | None = 0.85, eps: float | None = None, pos: bool = True, dtype: str = "float32",
+                  init_attn: float | None = None, init_outer: float | None = None, act: str = "tanh",
                   generator: torch.Generator | None = None) -> HookedTransformer:
-    """Build the model (see the module docstring); ``model.sslens_config`` rebuilds it."""
+    """Build the model (see the module docstring); ``model.sslens_config`` rebuilds it.
+
+    ``init_attn`` (W_Q, W_K) and ``init_outer`` (W_V, W1, W2) override the common std (eps or d^-gamma)
+    for their group: the theory's stage 2 (docs/theory.md §2.3) needs the attention weights O(delta)
+    small while the outer weights condense. ``act="none"`` drops the tanh (the paper's App. B.2 variant).
+    """
     choice(head, "head", HEADS)
+    choice(act, "act", ACTS)
+    for name, val in (("init_attn", init_attn), ("init_outer", init_outer)):
+        require(val is None or (isinstance(val, (int, float)) and 0 < val <= 10), name, f"got {val!r}",
+                "None or a std in (0, 10]")
     choice(dtype, "dtype", tuple(DTYPES))
     require(isinstance(d, int) and d >= 2, "d", f"got {d!r}", "an int >= 2")
     d_ff = d_ff or (d if head == "scalar" else 2 * d)
     require(head != "scalar" or d_ff == d, "d_ff", f"got {d_ff} with head='scalar'", "d_ff = d (W_out is the identity)")
-    std = init_std(d, gamma, eps)
+    std = init_std(d, gamma, eps) if (init_attn is None or init_outer is None) else 0.0
+    std_of = {n: float(init_attn if init_attn is not None else std) for n in ATTN_PARAMS}
     tdtype = DTYPES[dtype]
     cfg = HookedTransformerConfig(
         n_layers=1, n_heads=1, d_model=d, d_head=d, d_mlp=d_ff, d_vocab=d_vocab,
@@ -88,9 +118,12 @@ def rank_collapse(d: int = 32, d_vocab: int = 201, head: str = "vocab", d_ff: in
             model.unembed.W_U.normal_(0.0, d**-0.5, generator=g)
         for name, p in model.named_parameters():
             if name in trainable:
-                p.normal_(0.0, std, generator=g)
-    apply_variants(model, ["no_residual", "tanh_mlp"])
-    model.sslens_config = rank_collapse_config(d, d_vocab, head, d_ff, n_ctx, gamma, eps, pos, dtype)
+                p.normal_(0.0, std_of.get(name, float(init_outer if init_outer is not None else std)), generator=g)
+    apply_variants(model, ["no_residual", "tanh_mlp"] if act == "tanh" else ["no_residual"])
+    if act == "none":
+        _linear_mlp(model)
+    model.sslens_config = rank_collapse_config(d, d_vocab, head, d_ff, n_ctx, gamma, eps, pos, dtype, init_attn,
+                                               init_outer, act)
     model.sslens_trainable = trainable
     return model
 
@@ -101,7 +134,7 @@ def small_init_lm_config(d_model: int = 64, d_ff: int = 800, n_layers: int = 2, 
             "n_ctx": n_ctx, "gamma": gamma, "dtype": dtype}
 
 
-def small_init_lm(d_model: int = 64, d_ff: int = 800, n_layers: int = 2, d_vocab: int = 2000, n_ctx: int = 64,
+def small_init_lm(*, d_model: int = 64, d_ff: int = 800, n_layers: int = 2, d_vocab: int = 2000, n_ctx: int = 64,
                   gamma: float = 1.2, dtype: str = "float32", generator: torch.Generator | None = None) -> HookedTransformer:
     """[CR] WikiText model: 1 head per layer, GeLU MLP, residuals, no LayerNorm, every weight ~ N(0, d^(-2 gamma))."""
     choice(dtype, "dtype", tuple(DTYPES))

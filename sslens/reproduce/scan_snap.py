@@ -208,6 +208,31 @@ def summary_rows(res: ScanSnapResults) -> list[dict]:
     return rows
 
 
+def check_rows(res: ScanSnapResults) -> list[dict]:
+    """Every run's theory checks as ``checks.json`` rows (analyses/checks.py): id ``ss.<run>.<check id>``.
+
+    ``run`` is the run directory relative to OUT, ``step`` the last recorded step (the trajectory's end,
+    where every row is measured); a row the analysis only reports gets ``"pass": "reported"``.
+    """
+    out = Path(res.settings.out)
+    rows = []
+    for d, m in res.runs.items():
+        run = str(d.relative_to(out))
+        for c in m["checks"]:
+            rows.append({**c, "id": f"ss.{run}.{c['id']}", "pass": "reported" if c["pass"] is None else c["pass"],
+                         "run": run, "step": m["steps"][-1]})
+    return rows
+
+
+def write_check_file(res: ScanSnapResults) -> Path:
+    """``OUT/checks.json``: :func:`check_rows` plus provenance (versions, git commit, each run's seed)."""
+    from sslens.analyses.checks import provenance, write_checks
+
+    out = Path(res.settings.out)
+    seeds = sorted({int(RunStore(d).read_config()["train"]["seed"]) for d in res.runs})
+    return write_checks(out, check_rows(res), provenance(seeds, runs=[str(d.relative_to(out)) for d in res.runs]))
+
+
 # ----- the whole reproduction -----------------------------------------------------------------
 def reproduce(settings: ScanSnapSettings, write_report: bool = True) -> ScanSnapResults:
     """Run the chosen parts; with ``write_report`` write ``OUT/report.html`` (:func:`render`)."""
@@ -227,6 +252,8 @@ def reproduce(settings: ScanSnapSettings, write_report: bool = True) -> ScanSnap
         from sslens.sweeps.fig6 import run_fig6
 
         res.fig6 = Path(run_fig6(out / "fig6", progress=not settings.quiet))
+    if res.runs:
+        write_check_file(res)
     if write_report:
         path = render(res).save(out / "report.html")
         print(f"reproduction written to {path}")
@@ -268,5 +295,10 @@ def render(res: ScanSnapResults) -> Report:
     if res.runs:
         rep.h2("Summary of the runs")
         rep.table(summary_rows(res), "Every run of this reproduction (details and failures in each run's report)")
+        if (out / "checks.json").is_file():
+            from sslens.analyses.checks import read_checks, table_rows
+
+            rep.h2("Theory checks (checks.json)")
+            rep.table(table_rows(read_checks(out)["checks"]), "Every check of every run, as written to checks.json")
         rep.links([(d.name, f"{d.relative_to(out)}/report.html") for d in res.runs], "Per-run reports: ")
     return rep
