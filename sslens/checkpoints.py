@@ -2,9 +2,14 @@
 
 Sources (``open_series(path, ...)``):
 - an sslens run directory (``config.json`` + ``checkpoints/step_*.safetensors``);
-- a directory of TransformerLens state dicts such as ``transformer_lens.train``'s ``model_{step}.pt``
-  (``torch.load(weights_only=True)``; the HookedTransformerConfig from ``--config`` JSON, or a
-  ``config.json`` in the directory holding HookedTransformerConfig fields);
+- a directory of TransformerLens state dicts (``torch.load(weights_only=True)``) named ``step_N.pt``,
+  ``checkpoint_N.pt``, ``ckpt_N.pt`` or ``N.pt`` (step N), or ``model_N.pt`` as ``transformer_lens.train`` writes
+  them: it saves after optimizer step N+1 of an epoch and restarts N every epoch, so ``model_N.pt`` is read
+  as step N+1 and a later epoch that overwrote the files is detected and reported (one note);
+  the config from ``--config`` JSON or the directory's ``config.json``: HookedTransformerConfig fields
+  (``cfg.to_dict()``, also ``json.dump(..., default=str)`` with dtype strings), or the form
+  :func:`save_config` writes for an sslens model (its model config: the model is rebuilt with its
+  variant hooks; such a directory is never loaded as a plain HookedTransformer);
 - ``pretrained:NAME`` with ``checkpoint_indices``: ``HookedTransformer.from_pretrained(NAME,
   checkpoint_index=i)`` from the local Hugging Face cache only (offline).
 Every failure is one line naming what is wrong: missing config, shape mismatch, truncated file,
@@ -18,7 +23,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,30 +33,86 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from sslens.errors import SslensError, require
 from sslens.store import RunStore
 
-_PT_RE = re.compile(r"(?:model_|step_|checkpoint_|ckpt_)?(\d+)\.(?:pt|pth|bin)$")
+_PT_RE = re.compile(r"^(model_|step_|checkpoint_|ckpt_)?(\d+)\.(?:pt|pth|bin)$")
+_SSLENS_KEYS = ("sslens_model", "kind", "variants", "sslens_variants")
 
 
 @dataclass
 class Series:
-    """``steps`` and a loader ``load(i) -> HookedTransformer`` (models are built on demand)."""
+    """``steps`` and a loader ``load(i) -> HookedTransformer`` (models are built on demand).
+
+    ``load_into(i, model)`` loads checkpoint ``i`` into ``model`` (built once when ``None``) and returns it:
+    the fast path for long series. ``notes``: one-line facts about the series (e.g. overwritten epochs).
+    """
 
     name: str
     steps: list[int]
     load: Callable[[int], HookedTransformer]
+    load_into: Callable[[int, HookedTransformer | None], HookedTransformer] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.load_into is None:
+            self.load_into = lambda i, model=None: self.load(i)
 
 
-def hooked_config(path: str | Path) -> HookedTransformerConfig:
-    p = Path(path)
+def _dtype(v):
+    if isinstance(v, str):
+        name = v.split(".")[-1]
+        dt = getattr(torch, name, None)
+        if not isinstance(dt, torch.dtype):
+            raise SslensError("config", f"dtype {v!r} is not a torch dtype", "e.g. torch.float32, float32, bfloat16")
+        return dt
+    return v
+
+
+def config_fields(fields: dict, where: str = "config") -> HookedTransformerConfig:
+    """A HookedTransformerConfig (on CPU) from ``cfg.to_dict()``-style fields; dtype strings become dtypes."""
+    named = [k for k in _SSLENS_KEYS if k in fields]
+    if named:
+        raise SslensError("config", f"{where} names sslens model settings ({', '.join(named)}); a plain "
+                          "HookedTransformer rebuilt from it would lack their hooks, refused",
+                          "the directory's own config.json written by sslens.checkpoints.save_config")
+    fields = {k: v for k, v in fields.items() if k in HookedTransformerConfig.__dataclass_fields__}
+    if "dtype" in fields:
+        fields["dtype"] = _dtype(fields["dtype"])
+    try:
+        return HookedTransformerConfig(**{**fields, "device": "cpu"})
+    except (TypeError, ValueError, AssertionError) as e:
+        raise SslensError("config", f"{where}: {(str(e).splitlines() or [type(e).__name__])[0]}",
+                          "valid HookedTransformerConfig fields") from None
+
+
+def _read_json(p: Path) -> dict:
     require(p.is_file(), "config", f"no such file {p}", "a JSON file of HookedTransformerConfig fields")
     try:
         fields = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise SslensError("config", f"{p} is not JSON ({e.msg})", "a JSON object of HookedTransformerConfig fields") from None
-    fields = {k: v for k, v in fields.items() if k in HookedTransformerConfig.__dataclass_fields__}
-    try:
-        return HookedTransformerConfig(**{**fields, "device": "cpu"})
-    except (TypeError, ValueError, AssertionError) as e:
-        raise SslensError("config", f"{p}: {str(e).splitlines()[0]}", "valid HookedTransformerConfig fields") from None
+    require(isinstance(fields, dict), "config", f"{p} is not a JSON object", "a JSON object of HookedTransformerConfig fields")
+    return fields
+
+
+def save_config(model: HookedTransformer, directory: str | Path) -> Path:
+    """Write ``config.json`` beside checkpoints so ``analyze-checkpoints`` rebuilds the same model.
+
+    An sslens model (``model.sslens_config``) is saved as its sslens model config, so it is rebuilt with its
+    variant hooks; any other HookedTransformer as ``cfg.to_dict()`` (dtype as a string).
+    """
+    from sslens.store import atomic_write_json
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    plain = json.loads(json.dumps(model.cfg.to_dict(), default=str))
+    sslens_cfg = getattr(model, "sslens_config", None)
+    obj = {"sslens_model": sslens_cfg, "hooked_transformer_config": plain} if sslens_cfg is not None else plain
+    atomic_write_json(d / "config.json", obj)
+    return d / "config.json"
+
+
+def hooked_config(path: str | Path) -> HookedTransformerConfig:
+    p = Path(path)
+    return config_fields(_read_json(p), str(p.name))
 
 
 def load_state_dict(path: Path) -> dict:
@@ -71,10 +132,13 @@ def load_state_dict(path: Path) -> dict:
     return sd
 
 
-def _model_from(cfg: HookedTransformerConfig, sd: dict, name: str) -> HookedTransformer:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        model = HookedTransformer(cfg)
+def _model_from(cfg: HookedTransformerConfig | Callable[[], HookedTransformer], sd: dict, name: str,
+                model: HookedTransformer | None = None) -> HookedTransformer:
+    """Load state dict ``sd`` into ``model`` (built from ``cfg`` when None) after checking names and shapes."""
+    if model is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = cfg() if callable(cfg) else HookedTransformer(cfg)
     own = model.state_dict()
     for k, v in sd.items():
         if k in own and tuple(own[k].shape) != tuple(v.shape):
@@ -95,16 +159,79 @@ def open_series(path: str, config: str | None = None, checkpoint_indices: list[i
     p = Path(path)
     require(p.exists(), "path", f"no such file or directory {p}", "an sslens run, a directory of .pt files, or pretrained:NAME")
     if (p / "config.json").exists() and (p / "checkpoints").is_dir():
-        store = RunStore(p)
-        return Series(p.name, store.checkpoint_steps(), lambda s: store.load_model(s))
-    files = sorted((int(m.group(1)), f) for f in (p.iterdir() if p.is_dir() else [p]) if (m := _PT_RE.search(f.name)))
-    require(bool(files), "path", f"{p} holds no model_<step>.pt files", "model_{step}.pt state dicts")
-    cfg_path = Path(config) if config else p / "config.json" if p.is_dir() else None
-    require(cfg_path is not None and cfg_path.exists(), "config", f"no HookedTransformerConfig for {p}",
-            "--config FILE.json or a config.json next to the checkpoints")
-    cfg = hooked_config(cfg_path)
-    by_step = dict(files)
-    return Series(p.name, sorted(by_step), lambda s: _model_from(cfg, load_state_dict(by_step[s]), by_step[s].name))
+        return _run_series(p)
+    found = [(m.group(1) or "", int(m.group(2)), f) for f in (p.iterdir() if p.is_dir() else [p]) if (m := _PT_RE.match(f.name))]
+    require(bool(found), "path", f"{p} holds no model_<N>.pt / step_<N>.pt files", "a directory of torch.save state dicts")
+    kinds = {k for k, _, _ in found}
+    require(len(kinds) == 1, "path", f"{p} mixes checkpoint names ({', '.join(sorted(x or 'N' for x in kinds))}_N.pt)",
+            "one naming per directory")
+    tl_train = kinds == {"model_"}
+    by_step = {(n + 1 if tl_train else n): f for _, n, f in found}
+    notes = _tl_train_notes(sorted(by_step.items())) if tl_train else []
+    here = p if p.is_dir() else p.parent
+    own = _read_json(here / "config.json") if (here / "config.json").exists() else None
+    if config:
+        if own is not None and any(k in own for k in _SSLENS_KEYS):
+            raise SslensError("config", f"{here / 'config.json'} names an sslens model; --config {config} would rebuild it "
+                              "as a plain HookedTransformer without its variant hooks, refused",
+                              "drop --config to rebuild the sslens model")
+        build = config_fields(_read_json(Path(config)), Path(config).name)
+    elif own is not None and "sslens_model" in own:
+        from sslens.models import build as sslens_build
+
+        build = lambda: sslens_build(own["sslens_model"])  # noqa: E731 - rebuilt with its variant hooks
+    elif own is not None:
+        build = config_fields(own, "config.json")
+    else:
+        raise SslensError("config", f"no HookedTransformerConfig for {p}",
+                          "--config FILE.json or a config.json next to the checkpoints (sslens.checkpoints.save_config)")
+
+    def load_into(s: int, model: HookedTransformer | None = None) -> HookedTransformer:
+        return _model_from(build, load_state_dict(by_step[s]), by_step[s].name, model)
+
+    return Series(p.name, sorted(by_step), lambda s: load_into(s), load_into, notes)
+
+
+def _run_series(p: Path) -> Series:
+    """An sslens run: ``checkpoints/step_*.safetensors`` loaded into one model built from ``config.json``."""
+    from sslens.models import build
+    from sslens.store import load_params
+
+    store = RunStore(p)
+
+    def load_into(s: int, model: HookedTransformer | None = None) -> HookedTransformer:
+        tensors, _ = store.load_checkpoint(s)
+        model = model if model is not None else build(store.read_config()["model"])
+        load_params(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        return model
+
+    return Series(p.name, store.checkpoint_steps(), lambda s: load_into(s), load_into)
+
+
+def _birth_time(path: Path) -> float:
+    """File creation time where the filesystem keeps one (``stat -c %W``), else 0."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["stat", "-c", "%.9W", str(path)], capture_output=True, text=True, timeout=5)
+        return float(out.stdout.strip() or 0)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return 0.0
+
+
+def _tl_train_notes(files: list[tuple[int, Path]]) -> list[str]:
+    """``transformer_lens.train`` restarts its step count each epoch, so a later epoch overwrites the files: detected
+    when the first file was (re)written after the last one was created (or, without creation times, after it
+    was last written)."""
+    notes = ["model_N.pt (transformer_lens.train) saved after optimizer step N+1 of an epoch: read as step N+1"]
+    (_, first), (_, last) = files[0], files[-1]
+    if len(files) > 1:
+        created_last = _birth_time(last) or last.stat().st_mtime
+        if first.stat().st_mtime > created_last:
+            notes.append("a later epoch overwrote these files (transformer_lens.train restarts the count each epoch): "
+                         "steps are within the last epoch; earlier epochs' checkpoints are lost")
+            warnings.warn(notes[-1], stacklevel=2)
+    return notes
 
 
 def hf_cache_dir(repo: str) -> Path:
@@ -149,3 +276,55 @@ def _pretrained(name: str, indices: list[int]) -> Series:
                 os.environ["HF_HUB_OFFLINE"] = old_env
 
     return Series(name, list(indices), load)
+
+
+def load_probe(path: str | Path, tokenizer: str | Path | None = None) -> torch.Tensor:
+    """Probe token ids ``[probe, pos]`` from a file: ``.npy``; ``.safetensors`` (key ``tokens``); ``.txt`` of
+    whitespace-separated ids, one sequence per line; or any text file with ``tokenizer`` (a local Hugging Face
+    tokenizer directory), one sequence per non-empty line. Sequences are cut to the shortest one."""
+    p = Path(path)
+    require(p.is_file(), "probe", f"no such file {p}", ".txt/.npy/.safetensors of token ids, or text with --tokenizer")
+    if tokenizer is not None:
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
+        except Exception as e:  # noqa: BLE001 - any loader failure is one line
+            raise SslensError("tokenizer", f"cannot load a tokenizer from {tokenizer} ({type(e).__name__})",
+                              "a local directory holding a Hugging Face tokenizer") from None
+        rows = [tok(line, add_special_tokens=False)["input_ids"] for line in p.read_text().splitlines() if line.strip()]
+    elif p.suffix == ".npy":
+        import numpy as np
+
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise SslensError("probe", f"{p.name} is not a numeric .npy ({str(e)[:80]})", "an integer array [probe, pos]") from None
+        require(arr.dtype.kind in "iu", "probe", f"{p.name} holds {arr.dtype}", "integer token ids")
+        rows = torch.as_tensor(arr.astype("int64")).reshape(-1, arr.shape[-1]).tolist() if arr.ndim else []
+    elif p.suffix == ".safetensors":
+        from sslens.store import load_tensors
+
+        try:
+            tensors = load_tensors(p)[0]
+        except Exception as e:  # noqa: BLE001
+            raise SslensError("probe", f"{p.name} is not a safetensors file ({type(e).__name__})", "a safetensors file with key 'tokens'") from None
+        require("tokens" in tensors, "probe", f"{p.name} has no key 'tokens' (has {', '.join(sorted(tensors)) or 'none'})", "key 'tokens'")
+        t = tensors["tokens"]
+        require(not t.is_floating_point(), "probe", f"{p.name}: tokens are {t.dtype}", "integer token ids")
+        rows = t.reshape(-1, t.shape[-1]).tolist()
+    else:
+        rows = []
+        for i, line in enumerate(p.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append([int(x) for x in line.split()])
+                except ValueError:
+                    raise SslensError("probe", f"{p.name} line {i} is not token ids",
+                                      "whitespace-separated ints per line, or text with --tokenizer DIR") from None
+    require(bool(rows) and min(len(r) for r in rows) >= 2, "probe", f"{p.name} holds no sequence of >= 2 tokens",
+            "one or more sequences of token ids")
+    n = min(len(r) for r in rows)
+    out = torch.tensor([r[:n] for r in rows], dtype=torch.long)
+    require(int(out.min()) >= 0, "probe", f"{p.name} has negative token ids", "ids in [0, d_vocab)")
+    return out

@@ -40,4 +40,4 @@ def test_reproduce_wikitext_tiny(tmp_path):
     assert external_resources(page) == [] and page.count("CircuitsVis.render") == 4  # 1-layer + 3 layers
     assert external_resources((out / "cr-fig3" / "report.html").read_text()) == []
     m = json.loads((out / "cr-fig3" / "metrics.json").read_text())["series"][0]
-    assert "blocks.1.QK.effective_rank" in m["ranks"] and "blocks.1.mlp" in m["rel_change"]
+    assert "QK.effective_rank" in m["head"] and "blocks.1.mlp.W_in" in m["rel_change"]

@@ -1,8 +1,11 @@
-"""``sslens analyze RUN_DIR``: metrics.json and an offline report.html for an sslens run.
+"""``sslens analyze DIR``: metrics.json and an offline report.html for an sslens run or any recording directory.
 
-Dispatches on the run's model kind (``config.json``) through ``sslens.registry.ANALYZERS``; each
-analyzer is ``analyze(run_dir, out_dir=None) -> dict`` and writes ``metrics.json`` and ``report.html``.
-A diverged or incomplete run is marked in both (``run_status`` in metrics.json, a banner in the report).
+An sslens run (``config.json`` with a ``model`` object) is dispatched on its model kind through
+``sslens.registry.ANALYZERS``; each analyzer is ``analyze(run_dir, out_dir=None) -> dict`` and writes
+``metrics.json`` and ``report.html``. A diverged or incomplete run is marked in both (``run_status`` in
+metrics.json, a banner in the report). When the run also holds recordings, the generic series analyses
+(``sslens.analyses.series``) go to ``series.json`` / ``series.html``. Any other directory a CircuitRecorder
+wrote (no sslens config needed) gets the generic analyses as ``metrics.json`` / ``report.html``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from sslens.errors import SslensError, require
 EXAMPLE = """\
 example:
   sslens train scan-snap --steps 100 --out runs/ss1 && sslens analyze runs/ss1
+  sslens analyze my_recording_dir --layers 0 1 --heads 0 --steps 0 100   # any CircuitRecorder(model, store=DIR)
   sslens analyze runs/cr/binary --out reports/binary   # write elsewhere, the run stays untouched"""
 REQUIRED_TRAIN = ("steps", "batch", "optimizer", "lr", "seed")
 
@@ -55,12 +59,52 @@ def analyzer_for(run_dir: str | Path):
 
 def register(sub) -> None:
     """Add ``analyze``."""
-    p = sub.add_parser("analyze", help="metrics.json + report.html for a run directory", epilog=EXAMPLE,
+    from sslens.commands.analyze_checkpoints import add_view_args
+
+    p = sub.add_parser("analyze", help="metrics.json + report.html for a run or any recording directory",
+                       epilog=EXAMPLE,
                        description="Check a run against its theory: metrics.json (numbers, pass/fail checks) and "
-                                   "an offline report.html (figures, circuitsvis views).")
-    p.add_argument("run_dir", help="an sslens run directory (has config.json)")
+                                   "an offline report.html (figures, circuitsvis views); any directory a "
+                                   "CircuitRecorder wrote gets the generic per-layer/head series analyses.")
+    p.add_argument("run_dir", help="an sslens run directory, or any directory a CircuitRecorder wrote")
     p.add_argument("--out", default=None, help="where to write (default: the run directory)")
+    add_view_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def is_sslens_run(run_dir: Path) -> bool:
+    """True unless ``run_dir`` is a plain recording directory.
+
+    A plain recording directory has no config.json, or a config.json that is a JSON object without a ``model``
+    object (e.g. a HookedTransformerConfig saved beside the recordings) while recordings are present. Unreadable
+    configs count as sslens runs (their one-line error follows).
+    """
+    p = run_dir / "config.json"
+    if not p.is_file():
+        return False
+    try:
+        cfg = json.loads(p.read_text())
+    except (ValueError, OSError, UnicodeDecodeError):
+        return True
+    has_rec = (run_dir / "recordings").is_dir() and any((run_dir / "recordings").glob("step_*.safetensors"))
+    return not (isinstance(cfg, dict) and "model" not in cfg and has_rec)
+
+
+def _generic(run_dir: Path, out: Path, a: argparse.Namespace, json_name: str, html_name: str) -> tuple[Path, Path]:
+    from sslens.analyses.series import Views, analyze_recording
+    from sslens.analyses.series_report import write_report
+
+    try:
+        res = analyze_recording(run_dir, views=Views(a.layers, a.heads, a.steps), progress=not a.quiet)
+        return write_report([res], out, f"Series analysis of {run_dir.name}", a.layers, a.heads,
+                            json_name=json_name, html_name=html_name)
+    except (SslensError, OSError, MemoryError):
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError, RuntimeError) as e:
+        raise SslensError("run_dir", f"{run_dir} holds a recording that could not be analyzed "
+                          f"({type(e).__name__}: {' '.join(str(e).split())[:160]})",
+                          "a directory a CircuitRecorder wrote") from None
 
 
 def status_note(st: dict) -> str | None:
@@ -101,6 +145,16 @@ def run(a: argparse.Namespace) -> int:
 
     run_dir = Path(a.run_dir)
     out = check_out_path(a.out, field="--out") if a.out is not None else run_dir
+    require(run_dir.is_dir(), "run_dir", f"{run_dir} is not a directory",
+            "an sslens run directory or a directory a CircuitRecorder wrote")
+    if not is_sslens_run(run_dir):
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SslensError("--out", f"cannot create {out} ({e.strerror})", "a writable directory path") from None
+        j, h = _generic(run_dir, out, a, "metrics.json", "report.html")
+        print(f"wrote {j} and {h}")
+        return 0
     analyze = analyzer_for(run_dir)
     store = RunStore(run_dir)
     st = store.status()
@@ -119,4 +173,7 @@ def run(a: argparse.Namespace) -> int:
                           f"{store.read_config()['model'].get('kind')} ({what})", "a run written by sslens train") from None
     note = mark_status(out, st)
     print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}" + (f" -- {note}" if note else ""))
+    if store.recording_steps():
+        j, h = _generic(run_dir, out, a, "series.json", "series.html")
+        print(f"wrote {j} and {h}")
     return 0 if metrics is not None else 1

@@ -1,4 +1,9 @@
-"""``sslens analyze-checkpoints PATH... --out DIR``: rank, attention and condensation metrics over checkpoints."""
+"""``sslens analyze-checkpoints PATH... --out DIR``: the generic series analyses over checkpoint series.
+
+Rank, entropy, detection/eigenvalue scores, composition, relative change and condensation per layer and head
+(``sslens.analyses.series``); ``--probe`` token ids (.txt/.npy/.safetensors, or text with ``--tokenizer``);
+``--layers/--heads/--steps`` choose the circuitsvis views.
+"""
 
 from __future__ import annotations
 
@@ -9,28 +14,44 @@ EXAMPLE = """\
 examples:
   sslens analyze-checkpoints runs/cr/anchor --out reports/anchor
   sslens analyze-checkpoints ckpts/ --config ckpts/config.json --out reports/mine     # model_<step>.pt files
-  sslens analyze-checkpoints pretrained:pythia-14m --checkpoint-indices 0 50 100 --out reports/pythia"""
+  sslens analyze-checkpoints pretrained:pythia-14m --checkpoint-indices 0 50 100 --out reports/pythia
+  sslens analyze-checkpoints ckpts/ --probe probe.txt --layers 1 --heads 0 3 --steps 0 500 --out reports/mine"""
 
 
 def register(sub) -> None:
     """Add ``analyze-checkpoints``."""
     p = sub.add_parser("analyze-checkpoints", help="analyze ordered checkpoint series of any HookedTransformer",
                        epilog=EXAMPLE,
-                       description="Per-layer rank, attention entropy and condensation over ordered checkpoints of "
+                       description="Per-layer and per-head rank, attention entropy, induction/eigenvalue scores, "
+                                   "composition, relative change and condensation over ordered checkpoints of "
                                    "any HookedTransformer; one metrics.json and report.html for all series.")
-    p.add_argument("paths", nargs="+", help="sslens run dirs, dirs of model_<step>.pt, or pretrained:NAME")
+    p.add_argument("paths", nargs="+", help="sslens run dirs, dirs of model_<N>.pt / step_<N>.pt, or pretrained:NAME")
     p.add_argument("--out", required=True, help="output directory (metrics.json, report.html)")
     p.add_argument("--config", default=None, help="HookedTransformerConfig JSON for directories of .pt state dicts")
     p.add_argument("--checkpoint-indices", type=int, nargs="+", default=None,
                    help="which checkpoints of pretrained:NAME (default: all)")
+    p.add_argument("--probe", default=None, help="probe token ids: .txt (one sequence per line), .npy, .safetensors "
+                                                 "(key 'tokens'), or text with --tokenizer")
+    p.add_argument("--tokenizer", default=None, help="local Hugging Face tokenizer directory for a text --probe")
+    add_view_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
+def add_view_args(p) -> None:
+    """``--layers/--heads/--steps``: which attention patterns the circuitsvis views show."""
+    p.add_argument("--layers", type=int, nargs="+", default=None, help="layers shown in the attention views")
+    p.add_argument("--heads", type=int, nargs="+", default=None, help="heads shown in the attention views")
+    p.add_argument("--steps", type=int, nargs="+", default=None, help="steps shown (nearest state; default first/mid/last)")
+
+
 def run(a: argparse.Namespace) -> int:
     """Analyze every series and write one report."""
+    import warnings
+
     from sslens.analyses.checkpoints import analyze_series, report
-    from sslens.checkpoints import open_series
+    from sslens.analyses.series import Views
+    from sslens.checkpoints import load_probe, open_series
     from sslens.errors import SslensError
     from sslens.store import RunStore, check_out_path
     from sslens.tasks import build_task
@@ -40,10 +61,16 @@ def run(a: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SslensError("--out", f"cannot create {out} ({e.strerror})", "a writable directory path") from None
+    probe = load_probe(a.probe, a.tokenizer) if a.probe else None
+    views = Views(a.layers, a.heads, a.steps)
     results = []
     for path in a.paths:
-        s = open_series(path, config=a.config, checkpoint_indices=a.checkpoint_indices)
-        if (Path(path) / "config.json").is_file() and (Path(path) / "checkpoints").is_dir():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # series notes are printed below
+            s = open_series(path, config=a.config, checkpoint_indices=a.checkpoint_indices)
+        for n in s.notes:
+            print(f"{s.name}: note: {n}")
+        if probe is None and (Path(path) / "config.json").is_file() and (Path(path) / "checkpoints").is_dir():
             cfg = RunStore(path).read_config()
             if "task" in cfg:
                 try:
@@ -54,12 +81,12 @@ def run(a: argparse.Namespace) -> int:
                     raise SslensError("task", f"{Path(path) / 'config.json'} has a malformed task ({type(e).__name__}: {e})",
                                       "a config.json written by sslens train") from None
         try:
-            results.append(analyze_series(s, progress=not a.quiet))
+            results.append(analyze_series(s, probe=probe, progress=not a.quiet, views=views))
         except (SslensError, OSError, MemoryError):
             raise
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError, RuntimeError) as e:
             raise SslensError("paths", f"{path} could not be analyzed ({type(e).__name__}: {' '.join(str(e).split())[:160]})",
                               "sslens run dirs, dirs of model_<step>.pt, or pretrained:NAME") from None
-    report(results, out)
+    report(results, out, layers=a.layers, heads=a.heads)
     print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
     return 0

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from sslens.analyses.checkpoints import attention_entropy
+from sslens.analyses.head_metrics import attention_entropy
 from sslens.analyses.report import Report
 from sslens.data.text import default_wikitext_dir
 from sslens.errors import require
