@@ -31,6 +31,9 @@ _final = model.QK.AB[0].detach()
 assert (QK[-1] - _final).abs().max().item() < 1e-5
 assert set(df.columns) == {"step", "layer", "head", "metric", "value"} and {"entropy", "induction"} <= set(df.metric)
 assert all(_math.isfinite(v) for v in df[df.metric == "QK.sv1"].value)
+# the README's `sslens analyze runs/mine` (in-process: same argv)
+from sslens.cli import main as _cli
+assert _cli(["analyze", "runs/mine", "--quiet"]) == 0
 """
     (tmp_path / "readme_example.py").write_text(script)
     env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -38,3 +41,4 @@ assert all(_math.isfinite(v) for v in df[df.metric == "QK.sv1"].value)
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "runs" / "mine" / "recordings").is_dir()
+    assert (tmp_path / "runs" / "mine" / "metrics.json").is_file() and (tmp_path / "runs" / "mine" / "report.html").is_file()
