@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from sslens.analyses.composition import empirical_trajectory, total_variation, trajectory
+from sslens.analyses.c_n import empirical_trajectory, total_variation, trajectory
 from sslens.analyses.report import Report, attention_steps_view, legend
 from sslens.analyses.scan_snap_checks import checks
 from sslens.hooks.recorder import Recording

@@ -22,7 +22,7 @@ from sslens.models.scan_snap import scan_snap_config
 from sslens.store import RunStore, atomic_write_text
 from sslens.sweeps.grid import run_points
 from sslens.tasks import SequenceClassTask
-from sslens.theory.composition import composition, distinct_entropy, recall
+from sslens.theory.c_n import composition, distinct_entropy, recall
 from sslens.train import TrainConfig
 
 NUM_LAST = (1, 3, 5, 10)
