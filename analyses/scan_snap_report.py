@@ -1,6 +1,6 @@
 """``sslens analyze RUN`` for Scan&Snap runs: metrics.json + an offline report.html.
 
-Panels: the measured-vs-predicted table with the regime and theory.md's known failures, c_n heatmaps
+Panels: the measured-vs-predicted table with the regime and docs/theory.md's known failures, c_n heatmaps
 over time (Fig. 4 style), entropy against step with t0 and the measured snap marked, z trajectories,
 chi(t) measured vs Thm 4, recall against threshold (Figs. 11-12), long-sequence c_n against the
 empirical composition of the probe batch, the loss, and one circuitsvis view of the probe batch with a
