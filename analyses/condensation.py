@@ -1,4 +1,4 @@
-"""Condensation metrics for any HookedTransformer checkpoint series (theory.md Part 3).
+"""Condensation metrics for any HookedTransformer checkpoint series (docs/theory.md Part 3).
 
 - cosine-similarity matrix of neuron weight vectors (rows), reordered by the principal eigenvector;
 - mean |cos(row, target)| against a data-derived direction;

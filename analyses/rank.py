@@ -1,4 +1,4 @@
-"""Rank metrics of matrices (theory.md Part 3) and their trajectories over a recording.
+"""Rank metrics of matrices (docs/theory.md Part 3) and their trajectories over a recording.
 
 All functions take a batch of matrices ``[..., m, n]`` and use the singular values s_1 >= s_2 >= ...
 """

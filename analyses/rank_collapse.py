@@ -1,5 +1,5 @@
 """Stage-1 (condensation) and stage-2 (key-query rank collapse) analyses of a rank-collapse run
-(theory.md 2.2-2.3), read from the run's checkpoints.
+(docs/theory.md §2.2-2.3), read from the run's checkpoints.
 
 Rules where the paper is silent (docs/rank_collapse.md):
 - data for v and F: a fixed sample of ``n_data`` sequences from the run's task (generator seed 12345);

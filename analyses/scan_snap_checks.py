@@ -1,4 +1,4 @@
-"""Measured vs predicted for a Scan&Snap run: Theorems 2, 3, 4 and the attention ordering (theory.md 1.3).
+"""Measured vs predicted for a Scan&Snap run: Theorems 2, 3, 4 and the attention ordering (docs/theory.md §1.3).
 
 Every check is a row: measured number, prediction, tolerance, pass/fail (None = reported only), and
 the regime it was measured in. Rules where the paper is silent (documented in docs/scan_snap.md):
@@ -62,10 +62,10 @@ def regime_text(r: dict) -> str:
 
 
 def known_failures(r: dict) -> list[str]:
-    """Where theory.md says the predictions do not hold (or are not meant to) for this regime."""
+    """Where docs/theory.md says the predictions do not hold (or are not meant to) for this regime."""
     out = []
     if r["optimizer"] == "sgd" and r["momentum"] > 0:
-        out.append("theory.md 1.3: the Thm 3 invariant is known NOT to hold with SGD momentum "
+        out.append("docs/theory.md §1.3: the Thm 3 invariant is known NOT to hold with SGD momentum "
                    f"({r['momentum']:g} here; it holds approximately only with plain SGD and eta_Y >> eta_Z)")
     if r["ratio"] < 10:
         out.append("the theory assumes eta_Y >> eta_Z; here eta_Y/eta_Z = %g" % r["ratio"])

@@ -1,6 +1,6 @@
 """``sslens analyze RUN`` for Scan&Snap runs: metrics.json + an offline report.html.
 
-Panels: the measured-vs-predicted table with the regime and theory.md's known failures, c_n heatmaps
+Panels: the measured-vs-predicted table with the regime and docs/theory.md's known failures, c_n heatmaps
 over time (Fig. 4 style), entropy against step with t0 and the measured snap marked, z trajectories,
 chi(t) measured vs Thm 4, recall against threshold (Figs. 11-12), long-sequence c_n against the
 empirical composition of the probe batch, the loss, and one circuitsvis view of the probe batch with a
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from sslens.analyses.composition import empirical_trajectory, total_variation, trajectory
+from sslens.analyses.c_n import empirical_trajectory, total_variation, trajectory
 from sslens.analyses.report import Report, attention_steps_view, legend
 from sslens.analyses.scan_snap_checks import checks
 from sslens.hooks.recorder import Recording

@@ -16,7 +16,7 @@ def last_token_ce(logits: Float[Tensor, "batch pos vocab"], target: Int[Tensor, 
 
 
 def last_token_exp(logits: Float[Tensor, "batch pos out"], target: Float[Tensor, " batch"]) -> Tensor:
-    """Exponential loss mean_i exp(-y_i f(X_i)_s) on the first output of the last position (theory.md 2.1)."""
+    """Exponential loss mean_i exp(-y_i f(X_i)_s) on the first output of the last position (docs/theory.md §2.1)."""
     return torch.exp(-target.to(logits.dtype) * logits[:, -1, 0]).mean()
 
 

@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from sslens.analyses.composition import trajectory
+from sslens.analyses.c_n import trajectory
 from sslens.data import sample, syn_medium, syn_small
 from sslens.engine import counts_of, loss_from_counts, train_many
 from sslens.errors import SslensError

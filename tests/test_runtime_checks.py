@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from sslens.analyses import rank
-from sslens.theory import composition
+from sslens.theory import c_n
 
 
 def test_hook_checks_theory_dtypes_and_shapes():
     p = torch.tensor([0.25, 0.25, 0.5])
-    assert composition.entropy(p).item() == pytest.approx(-(p * p.log()).sum().item())
+    assert c_n.entropy(p).item() == pytest.approx(-(p * p.log()).sum().item())
     with pytest.raises(Exception, match="(?i)type|shape|dtype"):
-        composition.entropy(torch.tensor([1, 2, 3]))  # Int tensor where Float[Tensor, "... M"] is declared
+        c_n.entropy(torch.tensor([1, 2, 3]))  # Int tensor where Float[Tensor, "... M"] is declared
 
 
 def test_hook_checks_analyses():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sslens.analyses.composition import CompositionTrajectory, c_n, trajectory
+from sslens.analyses.c_n import CompositionTrajectory, c_n, trajectory
 from sslens.analyses.scan_snap_checks import (
     checks,
     known_failures,

@@ -74,7 +74,7 @@ def test_checkpoint_c_n_equals_recorded_c_n(run_dir):
     """c_n from a checkpoint (safetensors -> HookedTransformer -> QK circuit) = c_n from the recording."""
     import torch
 
-    from sslens.analyses.composition import c_n_at_checkpoint, trajectory
+    from sslens.analyses.c_n import c_n_at_checkpoint, trajectory
     from sslens.store import RunStore
 
     traj = trajectory(run_dir)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sslens.analyses.composition import spec_of
+from sslens.analyses.c_n import spec_of
 from sslens.cli import main
 from sslens.data import syn_small
 from sslens.errors import SslensError
@@ -14,7 +14,7 @@ from sslens.models import scan_snap_config
 from sslens.store import RunStore
 from sslens.sweeps import expand, run_sweep
 from sslens.tasks import SequenceClassTask
-from sslens.theory.composition import composition, distinct_entropy
+from sslens.theory.c_n import composition, distinct_entropy
 from sslens.train import TrainConfig
 
 

@@ -1,8 +1,8 @@
-"""Condensation tasks (theory.md 2.4): the anchor-function task and a binary task for the exponential loss.
+"""Condensation tasks (docs/theory.md §2.4): the anchor-function task and a binary task for the exponential loss.
 
 Anchor task: anchors A = {1, 2, 3, 4}, keys {5..100}, sequence length 10. Positions 0..8 hold keys except
 exactly one anchor a at a uniform position p in 0..8; position 9 is a key. Target:
-``x[p+1] + a`` ("base") or ``x[p+1] + (a mod 2)`` ("synonym": theory.md notes that the paper's prose and
+``x[p+1] + a`` ("base") or ``x[p+1] + (a mod 2)`` ("synonym": docs/theory.md notes that the paper's prose and
 formula disagree on which anchors pair up; we follow the formula, so anchors 1 and 3 both add 1 and
 anchors 2 and 4 both add 0). Loss: CE on the last position.
 

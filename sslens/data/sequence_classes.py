@@ -1,4 +1,4 @@
-"""Scan&Snap sequence classes (theory.md 1.2).
+"""Scan&Snap sequence classes (docs/theory.md §1.2).
 
 A class n has a query token m = psi(n), a next token n, and a distribution P(l | m, n) over the
 contextual tokens. Contextual tokens are drawn i.i.d. with replacement; the query is the last
@@ -98,7 +98,7 @@ class SequenceClassSpec:
 
     @property
     def distinct(self) -> list[list[int]]:
-        """Per class: tokens with P(l|n) > 0 for exactly this class (theory.md 1.2)."""
+        """Per class: tokens with P(l|n) > 0 for exactly this class (docs/theory.md §1.2)."""
         cnt = self.support_count()
         return [[t for t in c.probs if cnt[t] == 1] for c in self.classes]
 
@@ -126,7 +126,7 @@ class SequenceClassSpec:
                    meta=dict(d.get("meta", {})))
 
 
-# ----- presets (theory.md 1.2) ----------------------------------------------------------------
+# ----- presets (docs/theory.md §1.2) ----------------------------------------------------------------
 def _authors_layout(num_last: int, next_per_last: int, T: int, name: str) -> SequenceClassSpec:
     require(isinstance(num_last, int) and num_last >= 1, "num_last", f"got {num_last!r}", "an int >= 1")
     require(isinstance(next_per_last, int) and next_per_last >= 1, "next_per_last", f"got {next_per_last!r}", "an int >= 1")

@@ -1,4 +1,4 @@
-"""The Y/Z model's loss from token counts (exact; theory.md 1.1, design.md "exact fast engine").
+"""The Y/Z model's loss from token counts (exact; docs/theory.md §1.1, design.md "exact fast engine").
 
 With no positional encoding, the query excluded from its own key, and the loss on the last position,
 a sequence enters only through the counts n_l of its contextual tokens and its query m:

@@ -1,4 +1,4 @@
-"""The condensation / rank-collapse model of Chen & Luo (theory.md 2.1) as a HookedTransformer.
+"""The condensation / rank-collapse model of Chen & Luo (docs/theory.md §2.1) as a HookedTransformer.
 
     f(X) = tanh( softmax(X W_Q W_K^T X^T / sqrt(d)) X W_V W1 ) W2        (output at the last position)
 

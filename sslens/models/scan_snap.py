@@ -1,4 +1,4 @@
-"""The Scan&Snap Y/Z model as a HookedTransformer (theory.md 1.1).
+"""The Scan&Snap Y/Z model as a HookedTransformer (docs/theory.md §1.1).
 
 One layer, one head, d_model = d_head = M, one-hot embeddings: W_E = W_K = W_V = W_O = I (frozen),
 W_Q = Z (trainable, z_ml = logit of key l for query m), W_U = Y (trainable), W_pos = 0 and every

@@ -92,7 +92,7 @@ def fig3_data() -> dict:
 
 def fig4_data(res: ScanSnapResults) -> list:
     """Fig. 4's two runs (eta_Y = 1 and 10, eta_Z = 1, SGD momentum 0.9): their trajectories."""
-    from sslens.analyses.composition import trajectory
+    from sslens.analyses.c_n import trajectory
 
     spec, s = syn_small(), res.settings
     return [(eta_Y, trajectory(trained(name, run_config(spec, s.steps, "sgd", eta_Y, 1.0, 0.9, FIG4_STEPS), res)))
@@ -101,7 +101,7 @@ def fig4_data(res: ScanSnapResults) -> list:
 
 def fig5_data(res: ScanSnapResults) -> list:
     """Fig. 5: final c_n on class 0's distinct tokens with Adam at eta in {0.1, 0.5, 1}."""
-    from sslens.analyses.composition import trajectory
+    from sslens.analyses.c_n import trajectory
 
     spec = syn_small()
     toks = spec.distinct[0]
@@ -120,7 +120,7 @@ def thm3_eta_Z(steps: int) -> float:
 
 def thm3_data(res: ScanSnapResults) -> dict:
     """The Thm 3 invariant: holds in plain SGD with eta_Y >> eta_Z, fails with momentum and eta_Y = eta_Z."""
-    from sslens.analyses.composition import trajectory
+    from sslens.analyses.c_n import trajectory
     from sslens.analyses.scan_snap_checks import checks
 
     spec, s = syn_small(), res.settings

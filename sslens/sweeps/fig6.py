@@ -1,4 +1,4 @@
-"""The Scan&Snap Fig. 6 sweep (theory.md 1.4) and its recall curves (Figs. 11-12).
+"""The Scan&Snap Fig. 6 sweep (docs/theory.md §1.4) and its recall curves (Figs. 11-12).
 
 Grid: num_last in {1,3,5,10} x eta_Z in {0.5,1,2,3} x eta_Y/eta_Z in {1,2,5,10} x seeds 1..10;
 Syn-Medium, random init, SGD momentum 0.9, batch 128, T 128, 100 steps. Metric: entropy (nats) of
@@ -22,7 +22,7 @@ from sslens.models.scan_snap import scan_snap_config
 from sslens.store import RunStore, atomic_write_text
 from sslens.sweeps.grid import run_points
 from sslens.tasks import SequenceClassTask
-from sslens.theory.composition import composition, distinct_entropy, recall
+from sslens.theory.c_n import composition, distinct_entropy, recall
 from sslens.train import TrainConfig
 
 NUM_LAST = (1, 3, 5, 10)

@@ -1,4 +1,4 @@
-"""Condensation and rank-collapse quantities of Chen & Luo (theory.md 2.2-2.3): pure functions.
+"""Condensation and rank-collapse quantities of Chen & Luo (docs/theory.md §2.2-2.3): pure functions.
 
 Shapes: X [n, s, d] token embeddings of n sequences of length s; y [n] labels +-1; W_V, W1 [d, d];
 W2 [d] (the scalar head). Row-vector convention as in the paper (x W).
@@ -32,7 +32,7 @@ def conservation(v: Tensor, W_V: Tensor, W1: Tensor, W2: Tensor) -> tuple[Tensor
 
 
 def sign_conditions(v: Tensor, W_V: Tensor, W1: Tensor, W2: Tensor) -> tuple[float, float]:
-    """A1/A2 satisfaction rates (our reading; the paper's conditions are not in theory.md):
+    """A1/A2 satisfaction rates (our reading; the paper's conditions are not in docs/theory.md):
     A1: fraction of hidden units k with sign((v W_V)_k) = sign((W1 W2)_k) — the unit's input from v and
         its route to the output agree, so E grows through it;
     A2: fraction of units k with sign(W2_k) = sign(((v W_V) W1)_k) — the output weight agrees with the
@@ -44,7 +44,7 @@ def sign_conditions(v: Tensor, W_V: Tensor, W1: Tensor, W2: Tensor) -> tuple[flo
 
 
 def stage2_F(X: Float[Tensor, "n s d"], y: Float[Tensor, "n"], W_V: Tensor, W1: Tensor, W2: Tensor) -> Float[Tensor, "d d"]:
-    """F = (1/(n s sqrt(d))) sum_i y_i L1_i X_{i,s}^T (W_V W1 W2)^T M_i  (theory.md 2.3), with
+    """F = (1/(n s sqrt(d))) sum_i y_i L1_i X_{i,s}^T (W_V W1 W2)^T M_i  (docs/theory.md §2.3), with
     L1_i = exp(-y_i (1/s) sum_j X_ij W_V W1 W2) and M_i = sum_j (X_ij - Xbar_i)^T (X_ij - Xbar_i)."""
     n, s, d = X.shape
     w = W_V @ W1 @ W2  # [d]
@@ -57,6 +57,6 @@ def stage2_F(X: Float[Tensor, "n s d"], y: Float[Tensor, "n"], W_V: Tensor, W1: 
 
 
 def rank_one_target(F: Tensor) -> Tensor:
-    """u1 v1^T of F (the limit of W_Q W_K^T / ||W_Q W_K^T||_F, Thm 3 as derived in theory.md 2.3)."""
+    """u1 v1^T of F (the limit of W_Q W_K^T / ||W_Q W_K^T||_F, Thm 3 as derived in docs/theory.md §2.3)."""
     U, S, Vh = torch.linalg.svd(F.double())
     return torch.outer(U[:, 0], Vh[0])

@@ -1,10 +1,10 @@
-"""Scan&Snap closed forms (theory.md 1.3): h, gamma (Thm 1), B_n and chi (Thm 4), t0, Thm 3 and Thm 2.
+"""Scan&Snap closed forms (docs/theory.md §1.3): h, gamma (Thm 1), B_n and chi (Thm 4), t0, Thm 3 and Thm 2.
 
 Time ``t`` is gradient-flow time with per-unit rates eta_Y, eta_Z: for plain SGD one step is one unit
 of t. For SGD with heavy-ball momentum see :func:`momentum_time` (steps -> gradient-flow time).
 All functions are vectorised over ``t`` / token arrays (numpy, float64) and accept scalars.
 
-Choices where theory.md is silent (also in docs/scan_snap.md):
+Choices where docs/theory.md is silent (also in docs/scan_snap.md):
 - B_n's constant of integration C0 = rho0^4/K is not fixed by the paper for a given run; the default
   C0 = 1 makes B_n(0) = 0 and chi(0) = 1, i.e. B_n is the logit gained since t = 0 (zero init).
 - chi(t) = e^{2 B_n(t)}: the dominant token's growth factor e^{2 Delta z} with Delta z = B_n.

@@ -1,4 +1,5 @@
-"""Attention composition in the long-sequence limit (Scan&Snap, theory.md 1.3).
+"""Scan&Snap's c_n in the long-sequence limit (docs/theory.md §1.3; the paper's "composition", a word sslens keeps
+for TransformerLens's head composition).
 
     c_{l|m,n} = P(l|m,n) e^{z_ml} / sum_l' P(l'|m,n) e^{z_ml'},   f_n = c_n / ||c_n||.
 """

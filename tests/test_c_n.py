@@ -3,14 +3,13 @@ empirical attention of the HookedTransformer at T = 1024."""
 
 import math
 
-import pytest
 import torch
 
-from sslens.analyses.composition import c_n, c_n_of_model, empirical_composition, total_variation
+from sslens.analyses.c_n import c_n, c_n_of_model, empirical_composition, total_variation
 from sslens.data import SequenceClass, SequenceClassSpec, sample, syn_small
 from sslens.hooks.recorder import probe_patterns
 from sslens.models import scan_snap
-from sslens.theory.composition import distinct_entropy, entropy, recall
+from sslens.theory.c_n import distinct_entropy, entropy, recall
 
 
 def test_zero_init_gives_P_and_its_entropy():
