@@ -4,6 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.sslens-installed
 TORCH  ?= torch==2.13.0
+# the reference TransformerLens line (sslens allows >=3,<5; `make test4` runs the 4.x subset in .venv4)
+TL3    ?= transformer-lens>=3.9,<4
 OUT    ?= runs
 
 .PHONY: demo test test4 bench venv venv4 clean
@@ -14,7 +16,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q "$(TL3)"
 	$(PY) -m pip install -q -e ".[test,ray]"
+	$(PY) -c "import importlib.metadata as m; v = m.version('transformer-lens'); assert v.startswith('3.'), v"
 	touch $(STAMP)
 
 # TransformerLens 4.x (TransformerBridge) in a second venv: torch first, then transformer-lens 4.3, then sslens
