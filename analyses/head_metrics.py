@@ -172,7 +172,7 @@ def composition_scores_dense(
 
 
 def _composition(QK, OV) -> dict[str, Tensor]:
-    from transformer_lens import utils as tl_utils
+    from transformer_lens import utilities as tl_utils  # both lines (4.x removed transformer_lens.utils)
 
     L = QK.shape[0]
     mask = torch.arange(L)[:, None, None, None] < torch.arange(L)[None, None, :, None]

@@ -233,3 +233,34 @@ def test_sslens_analyze_of_a_3x_run_gives_3xs_numbers(tmp_path):
     subprocess.run([sys.executable, "-m", "sslens.cli", "analyze", str(run)], check=True, capture_output=True,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
     _numbers_close(json.loads((run / "metrics.json").read_text()), json.loads(open("tests/data/tl3_run_analysis.json").read()))
+
+
+def test_series_analysis_of_a_users_model_equals_its_own_QK(tmp_path):
+    """A model built from a config on this line (boot_native on 4.x), trained by a plain loop with the
+    recorder attached: the generic analysis (recording -> series) gives its QK effective rank and its
+    K-composition at the last step, computed independently from the model's own W_Q/W_K/W_V/W_O."""
+    from sslens.analyses.rank import effective_rank
+    from sslens.analyses.series import analyze_recording
+
+    torch.manual_seed(0)
+    model = compat.build_from_config(dict(n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=16, d_vocab=20,
+                                          attn_only=True, act_fn=None))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    rec = CircuitRecorder(model, store=tmp_path / "rec", schedule=[0, 2, 4], verbose=False)
+    rec.attach(opt)
+    for _ in range(4):
+        loss = model(torch.randint(0, 20, (4, 16)), return_type="loss")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    rec.detach()
+    r = analyze_recording(tmp_path / "rec", progress=False)
+    with torch.no_grad():
+        W_Q, W_K, W_V, W_O = (getattr(model, n).detach().double() for n in ("W_Q", "W_K", "W_V", "W_O"))
+    QK = W_Q @ W_K.transpose(-1, -2)  # [layer, head, d_model, d_model]
+    got = torch.as_tensor(r.head["QK.effective_rank"][-1], dtype=torch.float64)
+    assert torch.allclose(got, effective_rank(QK), rtol=1e-4)
+    # K-composition of layer-0 head 0 into layer-1 head 0 (Elhage et al.): ||W_OV W_QK^T||_F / (||W_OV||_F ||W_QK||_F)
+    OV0 = W_V[0, 0] @ W_O[0, 0]
+    want = torch.linalg.norm(OV0 @ QK[1, 0].T) / (torch.linalg.norm(QK[1, 0]) * torch.linalg.norm(OV0))
+    assert float(r.composition["K"][-1][0, 0, 1, 0]) == pytest.approx(float(want), rel=1e-4)
