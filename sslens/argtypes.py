@@ -3,58 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import math
+from typing import Callable
+
+from sslens.constants import SEED_MAX
+
+
+def _value(s: str, cast: Callable, ok: Callable, kind: str, allowed: str):
+    """``cast(s)`` if it parses and ``ok`` holds; else one argparse error naming what is allowed."""
+    try:
+        v = cast(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not {kind}; allowed: {allowed}") from None
+    if not ok(v):
+        raise argparse.ArgumentTypeError(f"{s!r}; allowed: {allowed}")
+    return v
 
 
 def positive_float(s: str) -> float:
     """A finite float > 0."""
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number; allowed: a float > 0") from None
-    if not v > 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"{s!r}; allowed: a finite float > 0")
-    return v
+    return _value(s, float, lambda v: v > 0 and math.isfinite(v), "a number", "a finite float > 0")
 
 
 def unit_float(s: str) -> float:
     """A float in [0, 1)."""
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number; allowed: 0 <= x < 1") from None
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"{s!r}; allowed: 0 <= x < 1")
-    return v
+    return _value(s, float, lambda v: 0 <= v < 1, "a number", "0 <= x < 1")
 
 
 def positive_int(s: str) -> int:
     """An int >= 1."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer; allowed: an int >= 1") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{s!r}; allowed: an int >= 1")
-    return v
+    return _value(s, int, lambda v: v >= 1, "an integer", "an int >= 1")
 
 
 def min2_int(s: str) -> int:
     """An int >= 2."""
-    v = positive_int(s)
-    if v < 2:
-        raise argparse.ArgumentTypeError(f"{s!r}; allowed: an int >= 2")
-    return v
-
-
-SEED_MAX = 2**63 - 1
+    return _value(s, int, lambda v: v >= 2, "an integer", "an int >= 2")
 
 
 def seed_int(s: str) -> int:
     """A seed for ``torch.Generator.manual_seed``: 0 .. 2**63-1."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer; allowed: 0 .. 2**63-1") from None
-    if not 0 <= v <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"{s!r}; allowed: 0 .. 2**63-1")
-    return v
+    return _value(s, int, lambda v: 0 <= v <= SEED_MAX, "an integer", "0 .. 2**63-1")

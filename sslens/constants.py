@@ -12,6 +12,8 @@ Y_PARAM = "unembed.W_U"  #: Y (decoder) of the Y/Z model; rate eta_Y
 #: The recorder's fixed probe batch is drawn from ``Generator().manual_seed(seed + PROBE_SEED_OFFSET)``,
 #: apart from the training stream; the HookedTransformer trainer and the count engine must agree on it.
 PROBE_SEED_OFFSET = 7_654_321
+#: torch.Generator.manual_seed takes 64 bits (the probe seed adds PROBE_SEED_OFFSET)
+SEED_MAX = 2**63 - 1
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "warmup_cosine")

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from sslens import compat
 from sslens.compat import HookedModel as HookedTransformer  # the installed line's model class
 from sslens.configs import build_model, build_task, model_config, task_config
-from sslens.constants import LR_SCHEDULES, OPTIMIZERS, PROBE_SEED_OFFSET
+from sslens.constants import LR_SCHEDULES, OPTIMIZERS, PROBE_SEED_OFFSET, SEED_MAX
 from sslens.errors import SslensError, TrainingDiverged, choice, require
 from sslens.losses import get_loss
 from sslens.memory import available_memory, check_memory, estimate_bytes  # noqa: F401 -- re-exported
@@ -30,7 +30,6 @@ from sslens.schedule import log_schedule
 from sslens.store import RunStore, check_out_path, load_params
 
 LR_MAX = float(torch.finfo(torch.float32).max)
-SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits; the probe seed adds a small offset
 
 
 @dataclass
