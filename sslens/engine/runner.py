@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from sslens import compat
 from sslens.engine.grad import loss_and_grads
 from sslens.engine.optim import BatchedOptimizer, per_run
 from sslens.engine.sampler import CountBatch, Supports
@@ -185,7 +186,7 @@ def _write_store(store: RunStore, cfg: TrainConfig, model, weights: dict, result
     if result["diverged_at"]:
         config["diverged_at"] = result["diverged_at"]
     store.write_config(config)
-    frozen = {f"model.{n}": p.detach() for n, p in model.named_parameters() if n not in TRAINABLE}
+    frozen = {f"model.{n}": p for n, p in compat.state_dict_3x(model).items() if n not in TRAINABLE}  # 3.x names
     keep = {0, last} if checkpoints == "ends" else {last}
     rec = None
     if cfg.record_n > 0:
@@ -198,8 +199,9 @@ def _write_store(store: RunStore, cfg: TrainConfig, model, weights: dict, result
             continue
         if rec is not None:
             with torch.no_grad():
-                model.blocks[0].attn.W_Q[0].copy_(Z)
-                model.unembed.W_U.copy_(Y)
+                P = compat.params(model)  # 3.x layouts; writable views on 4.x
+                P[W_Q][0].copy_(Z)
+                P[W_U].copy_(Y)
             rec.record(step)
         if step in keep:
             tensors = {**frozen, f"model.{W_Q}": Z[None].contiguous(), f"model.{W_U}": Y.contiguous()}
