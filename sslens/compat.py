@@ -34,6 +34,8 @@ from torch import Tensor
 
 TL_VERSION: str = _dist_version("transformer-lens")
 TL_MAJOR: int = int(TL_VERSION.split(".")[0])
+#: whether edits at ``hook_attn_scores`` reach the softmax: 3.x; 4.x's hook holds the pattern and discards edits
+SCORES_EDITABLE: bool = TL_MAJOR < 4
 
 
 def model_class() -> type:
