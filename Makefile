@@ -30,7 +30,7 @@ TL4    ?= transformer-lens==4.3.0
 # the 4.x subset (tests marked tl4 run on both lines): models equal their formulas, compat, checkpoints and run dirs of
 # either line (loaded, resumed, analysed), the recorder and series analysis on boot_native models, analyses that
 # touch attention internals, the count engine's run stores, a sweep grid, the tutorial notebook
-TEST4  ?= tests/test_compat.py tests/test_checkpoint_lines.py tests/test_scan_snap_model.py \
+TEST4  ?= tests/test_compat.py tests/test_checkpoint_lines.py tests/test_readme.py tests/test_scan_snap_model.py \
 	tests/test_rank_collapse_model.py tests/test_train.py tests/test_qk_gradient.py tests/test_entropy_bound.py \
 	tests/test_engine.py::test_loss_and_gradients_equal_hooked_transformer \
 	tests/test_engine.py::test_engine_run_store_is_a_normal_run_store \

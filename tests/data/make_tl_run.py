@@ -1,7 +1,7 @@
 """Write tests/data/tl<major>_run/ and tl<major>_run_analysis.json with the installed TransformerLens line.
 
-The run is tests/test_compat.py's ``run_config(major)`` trained by ``sslens.train.train`` (3.x: 4 SGD-momentum
-steps with recordings; 4.x: 4 Adam steps without recordings, < 200 KB; checkpoints 0, 2, 4 with optimizer state);
+The run is tests/test_compat.py's ``run_config(major)`` trained by ``sslens.train.train`` (4 SGD-momentum
+steps with recordings; 4.x: 12 tokens and weight decay, < 200 KB; checkpoints 0, 2, 4 with optimizer state);
 the analysis is ``sslens analyze`` of a copy of it. tl3_run was written with .venv (3.9), tl4_run with .venv4 (4.3):
 
     OMP_NUM_THREADS=1 .venv4/bin/python tests/data/make_tl_run.py
