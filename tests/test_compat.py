@@ -282,3 +282,27 @@ def test_series_analysis_of_a_users_model_equals_its_own_QK(tmp_path):
     OV0 = W_V[0, 0] @ W_O[0, 0]
     want = torch.linalg.norm(OV0 @ QK[1, 0].T) / (torch.linalg.norm(QK[1, 0]) * torch.linalg.norm(OV0))
     assert float(r.composition["K"][-1][0, 0, 1, 0]) == pytest.approx(float(want), rel=1e-4)
+
+
+def test_rank_collapse_gradient_ratio_on_this_line(tmp_path):
+    """The stage-2 outer/attention gradient ratio of analyses.rank_collapse (autograd on compat.leaves) equals the
+    ratio of gradient norms read independently in 3.x names (compat.grads after backward) on a short [CR] run."""
+    from sslens.analyses.rank_collapse import _outer_grad_ratio, _tokens, data
+    from sslens.losses import last_token_exp
+    from sslens.reproduce.rank_collapse import theory_config
+    from sslens.store import RunStore
+    from sslens.train import train
+
+    train(theory_config(4, "tanh", 1e-3, 0.03, n_train=32, every=2), out=tmp_path / "cr", progress=False)
+    store = RunStore(tmp_path / "cr")
+    _, y, _ = data(store, 32)
+    tokens = _tokens(store, 32)
+    got = _outer_grad_ratio(store, 4, tokens, y)
+    model = store.load_model(4)
+    last_token_exp(model(tokens), y.to(model.cfg.dtype)).backward()
+    g = {k: v.double() for k, v in compat.grads(model).items() if v is not None}
+    attn = ("blocks.0.attn.W_Q", "blocks.0.attn.W_K")
+    assert set(attn) < set(g) and len(g) > 2
+    na = torch.sqrt(sum(g[k].square().sum() for k in attn))
+    no = torch.sqrt(sum(v.square().sum() for k, v in g.items() if k not in attn))
+    assert got == pytest.approx((no / na).item(), rel=1e-9)
