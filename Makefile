@@ -41,6 +41,11 @@ venv4: $(STAMP4)
 
 $(STAMP4): pyproject.toml
 	test -x $(PY4) || $(PYTHON) -m venv $(VENV4)
+	# with .venv built (make test builds it first) and the same Python: start from hard links of its packages (no
+	# second torch unpacked; pip then swaps TransformerLens 3.9 for 4.3 and what 4.3 needs, replacing files, never
+	# editing them, so .venv is untouched); otherwise a fresh install
+	if [ -f $(STAMP) ] && [ "$$($(PY) -c 'import sys; print(sys.version)')" = "$$($(PY4) -c 'import sys; print(sys.version)')" ]; \
+		then cp -alf $(VENV)/lib/. $(VENV4)/lib/ || true; fi
 	$(PY4) -m pip install -q --upgrade pip
 	$(PY4) -m pip install -q $(TORCH)
 	$(PY4) -m pip install -q $(TL4)
