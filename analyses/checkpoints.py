@@ -19,8 +19,21 @@ from sslens.checkpoints import Series
 
 
 def analyze_series(series: Series, probe: torch.Tensor | None = None, progress: bool = True,
-                   views: Views | None = None) -> SeriesResult:
-    """Every generic analysis over ``series`` (see :mod:`sslens.analyses.series`)."""
+                   views: Views | None = None, batched: bool = True) -> SeriesResult:
+    """Every generic analysis over ``series`` (see :mod:`sslens.analyses.series`).
+
+    A directory of state dicts of a plain HookedTransformer goes through the batched path
+    (:func:`sslens.analyses.batched.analyze_stacked`, the same numbers); everything else, or ``batched=False``,
+    one model load per checkpoint.
+    """
+    if batched:
+        from sslens.analyses import batched as b
+
+        if b.supported(series, probe):
+            try:
+                return b.analyze_stacked(series, probe, views=views, progress=progress)
+            except b.Unsupported:
+                pass
     return analyze_states(checkpoint_source(series, probe), views=views, progress=progress)
 
 
