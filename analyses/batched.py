@@ -43,6 +43,10 @@ class Unsupported(Exception):
     """The series cannot take the batched path (the caller uses the per-checkpoint path)."""
 
 
+class _Done(Exception):
+    pass
+
+
 class StateDictReader:
     """Reads ``torch.save`` state dicts that share the first file's pickle without unpickling them again."""
 
@@ -131,9 +135,14 @@ def patterns(model, params: dict[str, Tensor], tokens: Tensor) -> list[Tensor]:
 
         def grab(x: Tensor, hook) -> None:
             got[hook.name] = x
+            if hook.name == names[-1]:
+                raise _Done  # nothing after the last pattern is needed (last MLP, unembed)
 
-        with model.hooks(fwd_hooks=[(n, grab) for n in names]):
-            functional_call(model, p, (tokens,), {"return_type": None})
+        try:
+            with model.hooks(fwd_hooks=[(n, grab) for n in names]):
+                functional_call(model, p, (tokens,), {"return_type": None})
+        except _Done:
+            pass
         return tuple(got[n] for n in names)
 
     with torch.no_grad():
@@ -146,12 +155,23 @@ def _fold(pat: Tensor) -> Tensor:
 
 def analyze_stacked(series, probe: Tensor | None = None, views: Views | None = None, progress: bool = True,
                     seed: int = 0, chunk: int = CHUNK) -> SeriesResult:
-    """Every generic analysis over a checkpoint series of state dicts, batched (see the module docstring)."""
-    from transformer_lens import FactoredMatrix
+    """Every generic analysis over a checkpoint series of state dicts, batched (see the module docstring).
 
+    Runs with one intra-op thread: the batched small SVDs/QRs/eigendecompositions are LAPACK loops over the batch,
+    and with more threads on a shared machine their OpenMP barriers spin (measured 10-40x slower at load 7 on
+    2 cores); ``threads`` > 1 splits each chunk between that many Python threads instead.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _analyze(series, probe, views, progress, seed, chunk)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _analyze(series, probe, views, progress, seed, chunk) -> SeriesResult:
     from sslens import compat
     from sslens.errors import require
-    from sslens.hooks.recorder import eig_positivity
 
     views = views or Views()
     steps = list(series.steps)
@@ -204,8 +224,9 @@ def analyze_stacked(series, probe: Tensor | None = None, views: Views | None = N
         X = {n: torch.stack([sd[n] for sd in sds]).to(params0[n].dtype) for n in names}
         del sds
         finite = torch.ones(len(idx), dtype=torch.bool)
-        for n, v in X.items():
-            finite &= torch.isfinite(v.flatten(1)).all(1) if v.is_floating_point() else True
+        for n, v in X.items():  # max and min are finite iff every entry is (NaN propagates); no [ckpt, ...] mask
+            if v.is_floating_point() and v[0].numel():
+                finite &= torch.isfinite(v.flatten(1).amax(1)) & torch.isfinite(v.flatten(1).amin(1))
         for j in (~finite).nonzero().flatten().tolist():  # a diverged state: its metrics stay NaN
             bad = [n for n, v in X.items() if v.is_floating_point() and not bool(torch.isfinite(v[j]).all())]
             res.notes.append(f"step {steps[idx[j]]}: non-finite values in {', '.join(bad[:3])}"
@@ -228,14 +249,14 @@ def analyze_stacked(series, probe: Tensor | None = None, views: Views | None = N
                 W_Q, W_O = _f32(X[f"blocks.{l}.attn.W_Q"]), _f32(X[f"blocks.{l}.attn.W_O"])
                 W_K, W_V = _f32(_kv(X, l, "W_K", H)), _f32(_kv(X, l, "W_V", H))
                 attn.append((W_Q, W_K, W_V, W_O))
-                for c, fm in (("QK", FactoredMatrix(W_Q, W_K.transpose(-1, -2))), ("OV", FactoredMatrix(W_V, W_O))):
-                    for m, v in hm.rank_metrics(fm.S[..., :k].float().to(torch.float64)).items():
+                for c, (A, B) in (("QK", (W_Q, W_K.transpose(-1, -2))), ("OV", (W_V, W_O))):
+                    for m, v in hm.rank_metrics(hm.factored_singular_values(A, B)[..., :k]).items():
                         res.head[f"{c}.{m}"][rows, l] = v
-                res.head["qk_eig"][rows, l] = eig_positivity(
-                    FactoredMatrix(W_Q, W_K.transpose(-1, -2) @ G_E[:, None])).to(torch.float64)
-                if square:
-                    res.head["ov_eig"][rows, l] = eig_positivity(
-                        FactoredMatrix(W_V, W_O @ M_UE[:, None])).to(torch.float64)
+                # eigenvalues of W_E W_Q W_K^T W_E^T: those of W_K^T (W_E^T W_E) W_Q (d_head x d_head), as the recorder
+                res.head["qk_eig"][rows, l] = hm.eigenvalue_score(
+                    torch.linalg.eigvals(W_K.transpose(-1, -2) @ G_E[:, None] @ W_Q))
+                if square:  # W_E W_V W_O W_U: those of W_O (W_U W_E) W_V
+                    res.head["ov_eig"][rows, l] = hm.eigenvalue_score(torch.linalg.eigvals(W_O @ M_UE[:, None] @ W_V))
                 if has_mlp:
                     W_in = X[f"blocks.{l}.mlp.W_in"]
                     cond[rows, l] = condensation_index(W_in)

@@ -41,5 +41,10 @@ def report(results: list[SeriesResult], out_dir: Path, layers=None, heads=None) 
     """``metrics.json`` and ``report.html`` in ``out_dir``; returns the metrics."""
     from sslens.analyses.series_report import write_report
 
-    write_report(results, out_dir, "Checkpoint series analysis", layers=layers, heads=heads)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # its 512 x 512 eigh (condensation view) spins for seconds with 2 threads on a busy machine
+    try:
+        write_report(results, out_dir, "Checkpoint series analysis", layers=layers, heads=heads)
+    finally:
+        torch.set_num_threads(threads)
     return {"series": [r.to_json() for r in results]}
