@@ -5,8 +5,6 @@ rel 1e-5, abs 1e-6 -- the reference computes singular values and eigenvalue scor
 dtype), the batched path the singular values in float64 (QR core) and eigenvalues without eigenvectors.
 """
 
-import json
-
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -30,20 +28,18 @@ TOL = dict(rel=1e-5, abs=1e-6)
 
 
 def write_series(d, fields, n=5, reorder_at=None):
-    """``n`` state dicts of a model trained with Adam (``step_{i}.pt``); one saved with its keys in reverse order."""
+    """``n`` state dicts (``step_{i}.pt``) of a model whose weights drift; one saved with its keys in reverse order."""
     model = HookedTransformer(HookedTransformerConfig(**fields, seed=0, device="cpu"))
     save_config(model, d)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
     g = torch.Generator().manual_seed(0)
     for i in range(n):
         sd = model.state_dict()
         if i == reorder_at:  # a different pickle: read through torch.load, not the template
             sd = dict(reversed(list(sd.items())))
         torch.save(sd, d / f"step_{i}.pt")
-        loss = model(torch.randint(0, fields["d_vocab"], (8, fields["n_ctx"]), generator=g), return_type="loss")
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
     return model
 
 
@@ -113,21 +109,19 @@ def test_condensation_index_from_the_small_gram_matrix():
     assert batched.condensation_index(parallel[None]).item() == pytest.approx(1.0, rel=1e-12)
 
 
-def test_cli_takes_the_batched_path_and_errors_stay_one_line(tmp_path, capsys):
+def test_analyze_series_dispatches_to_the_batched_path_and_errors_stay_one_line(tmp_path, capsys):
     d = tmp_path / "ck"
     d.mkdir()
     write_series(d, CONFIGS["ln_mlp"], n=3)
-    assert main(["analyze-checkpoints", str(d), "--out", str(tmp_path / "out"), "--quiet"]) == 0
-    m = json.loads((tmp_path / "out" / "metrics.json").read_text())["series"][0]
-    ref = analyze_series(open_series(str(d)), progress=False, batched=False).to_json()
-    assert m["steps"] == [0, 1, 2]
-    assert torch.tensor(m["head"]["OV.effective_rank"]) == pytest.approx(torch.tensor(ref["head"]["OV.effective_rank"]), **TOL)
+    s = open_series(str(d))
+    got, fast = analyze_series(s, progress=False), batched.analyze_stacked(s, progress=False)
+    assert all(torch.equal(got.head[m].nan_to_num(), fast.head[m].nan_to_num()) for m in fast.head)
     sd = torch.load(d / "step_2.pt", weights_only=True)
     sd["blocks.0.mlp.W_in"] = torch.zeros(16, 33)
     torch.save(sd, d / "step_2.pt")
     with pytest.raises(SslensError, match=r"step_2.pt: blocks.0.mlp.W_in has shape \(16, 33\), the config gives \(16, 32\)"):
         batched.analyze_stacked(open_series(str(d)), progress=False)
     (d / "step_1.pt").write_bytes((d / "step_1.pt").read_bytes()[:300])
-    assert main(["analyze-checkpoints", str(d), "--out", str(tmp_path / "out2"), "--quiet"]) == 2
+    assert main(["analyze-checkpoints", str(d), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "step_1.pt is truncated" in err[0]
