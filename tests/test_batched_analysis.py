@@ -55,7 +55,7 @@ def assert_same(a, b):
         assert a.composition[m].nan_to_num() == pytest.approx(b.composition[m].nan_to_num(), **TOL), m
     assert set(a.layer) == set(b.layer)
     for m in b.layer:
-        assert a.layer[m].nan_to_num() == pytest.approx(b.layer[m].nan_to_num(), rel=1e-9), m
+        assert a.layer[m].nan_to_num() == pytest.approx(b.layer[m].nan_to_num(), **TOL), m
     assert sorted(a.rel_change) == sorted(b.rel_change)
     for k in b.rel_change:
         assert a.rel_change[k].nan_to_num() == pytest.approx(b.rel_change[k].nan_to_num(), **TOL), k
@@ -100,13 +100,13 @@ def test_a_given_probe_and_a_diverged_checkpoint(tmp_path):
 
 
 def test_condensation_index_from_the_small_gram_matrix():
-    W_in = torch.randn(3, 8, 20, dtype=torch.float64)
+    W_in = torch.randn(3, 8, 20)
     from sslens.analyses.head_metrics import condensation_index
 
     got = batched.condensation_index(W_in)
-    assert got.tolist() == pytest.approx([condensation_index(W) for W in W_in], rel=1e-12)
-    parallel = torch.randn(8, 1, dtype=torch.float64) * torch.randn(1, 20, dtype=torch.float64).sign()
-    assert batched.condensation_index(parallel[None]).item() == pytest.approx(1.0, rel=1e-12)
+    assert got.tolist() == pytest.approx([condensation_index(W) for W in W_in], rel=1e-6)
+    parallel = torch.randn(8, 1) * torch.randn(1, 20).sign()  # every neuron on one line: index 1
+    assert batched.condensation_index(parallel[None]).item() == pytest.approx(1.0, rel=1e-6)
 
 
 def test_analyze_series_dispatches_to_the_batched_path_and_errors_stay_one_line(tmp_path, capsys):
