@@ -22,6 +22,7 @@ task probe) takes the per-checkpoint path.
 from __future__ import annotations
 
 from pathlib import Path
+
 import einops
 import torch
 from jaxtyping import Float, Int
@@ -303,8 +304,10 @@ def _analyze(series, probe, views, progress, seed, chunk) -> SeriesResult:
 
 def detection_scores(pattern: Float[Tensor, "ckpt probe head q k"],
                      dets: dict[str, Float[Tensor, "probe q k"]]) -> dict[str, Float[Tensor, "ckpt head"]]:
-    """:func:`sslens.analyses.head_metrics.detection_scores` batched over checkpoints, from the detection
-    patterns' nonzero entries only (the same sum: query positions without a target contribute no mass)."""
+    """:func:`sslens.analyses.head_metrics.detection_scores` batched over checkpoints.
+
+    Summed over the detection patterns' nonzero entries only (query positions without a target add no mass).
+    """
     out = {}
     for name, det in dets.items():
         n = (det.sum(-1) > 0).sum()
