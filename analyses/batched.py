@@ -155,22 +155,23 @@ def _fold(pat: Tensor) -> Tensor:
 
 
 def analyze_stacked(series, probe: Tensor | None = None, views: Views | None = None, progress: bool = True,
-                    seed: int = 0, chunk: int = CHUNK) -> SeriesResult:
+                    seed: int = 0, chunk: int = CHUNK, threads: int = 2) -> SeriesResult:
     """Every generic analysis over a checkpoint series of state dicts, batched (see the module docstring).
 
     Runs with one intra-op thread: the batched small SVDs/QRs/eigendecompositions are LAPACK loops over the batch,
     and with more threads on a shared machine their OpenMP barriers spin (measured 10-40x slower at load 7 on
-    2 cores); ``threads`` > 1 splits each chunk between that many Python threads instead.
+    2 cores). ``threads=2`` (default) instead overlaps each chunk's weight metrics (one Python thread) with its
+    probe forward (the calling thread); torch releases the GIL inside its kernels. ``threads=1``: one thread.
     """
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _analyze(series, probe, views, progress, seed, chunk)
+        return _analyze(series, probe, views, progress, seed, chunk, threads)
     finally:
         torch.set_num_threads(old)
 
 
-def _analyze(series, probe, views, progress, seed, chunk) -> SeriesResult:
+def _analyze(series, probe, views, progress, seed, chunk, threads) -> SeriesResult:
     from sslens import compat
     from sslens.errors import require
 
@@ -213,6 +214,44 @@ def _analyze(series, probe, views, progress, seed, chunk) -> SeriesResult:
     reader = StateDictReader(series.files[steps[0]], list(own))
     ok = torch.zeros(S, dtype=torch.bool)
 
+    @torch.no_grad()
+    def weights(X: dict[str, Tensor], rows: Tensor) -> None:
+        """Weight metrics of one chunk (a second thread overlaps them with the probe forward)."""
+        W_E = _f32(X["embed.W_E"])
+        G_E = W_E.transpose(-2, -1) @ W_E
+        M_UE = _f32(X["unembed.W_U"]) @ W_E if square else None
+        attn = []
+        for l in range(L):
+            W_Q, W_O = _f32(X[f"blocks.{l}.attn.W_Q"]), _f32(X[f"blocks.{l}.attn.W_O"])
+            W_K, W_V = _f32(_kv(X, l, "W_K", H)), _f32(_kv(X, l, "W_V", H))
+            attn.append((W_Q, W_K, W_V, W_O))
+            for c, (A, B) in (("QK", (W_Q, W_K.transpose(-1, -2))), ("OV", (W_V, W_O))):
+                for m, v in hm.rank_metrics(hm.factored_singular_values(A, B)[..., :k]).items():
+                    res.head[f"{c}.{m}"][rows, l] = v
+            # eigenvalues of W_E W_Q W_K^T W_E^T: those of W_K^T (W_E^T W_E) W_Q (d_head x d_head), as the recorder
+            res.head["qk_eig"][rows, l] = hm.eigenvalue_score(
+                torch.linalg.eigvals(W_K.transpose(-1, -2) @ G_E[:, None] @ W_Q))
+            if square:  # W_E W_V W_O W_U: those of W_O (W_U W_E) W_V
+                res.head["ov_eig"][rows, l] = hm.eigenvalue_score(torch.linalg.eigvals(W_O @ M_UE[:, None] @ W_V))
+            if has_mlp:
+                W_in = X[f"blocks.{l}.mlp.W_in"]
+                cond[rows, l] = condensation_index(W_in)
+                for j, i in enumerate(rows.tolist()):
+                    if i in (0, S - 1):
+                        res.neurons.setdefault(l, {})[steps[i]] = W_in[j].T.to(torch.float64).clone()
+        for j, i in enumerate(rows.tolist()):
+            if L > 1:
+                got = hm.composition_scores(*[torch.stack([a[q][j] for a in attn]) for q in range(4)])
+                for m, v in got.items():
+                    comp[m][i] = v
+        for n, v in X.items():  # the recorder's scores.rel_change: float32 norms
+            d = (v.float() - W0[n]).flatten(1).norm(dim=1)
+            n0 = W0[n].norm()
+            rel[n][rows] = (d / n0).to(torch.float64) if n0 > 0 else float("nan")
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1) if threads > 1 else None
     bar = tqdm(total=S, disable=not progress, desc=f"analyze {series.name} (batched)", unit="step")
     for lo in range(0, S, chunk):
         idx = list(range(lo, min(S, lo + chunk)))
@@ -241,29 +280,10 @@ def _analyze(series, probe, views, progress, seed, chunk) -> SeriesResult:
         if not len(good):
             bar.update(len(idx))
             continue
+        fut = pool.submit(weights, X, rows) if pool is not None else None
+        if fut is None:
+            weights(X, rows)
         with torch.no_grad():
-            W_E = _f32(X["embed.W_E"])
-            G_E = W_E.transpose(-2, -1) @ W_E
-            M_UE = _f32(X["unembed.W_U"]) @ W_E if square else None
-            attn = []
-            for l in range(L):
-                W_Q, W_O = _f32(X[f"blocks.{l}.attn.W_Q"]), _f32(X[f"blocks.{l}.attn.W_O"])
-                W_K, W_V = _f32(_kv(X, l, "W_K", H)), _f32(_kv(X, l, "W_V", H))
-                attn.append((W_Q, W_K, W_V, W_O))
-                for c, (A, B) in (("QK", (W_Q, W_K.transpose(-1, -2))), ("OV", (W_V, W_O))):
-                    for m, v in hm.rank_metrics(hm.factored_singular_values(A, B)[..., :k]).items():
-                        res.head[f"{c}.{m}"][rows, l] = v
-                # eigenvalues of W_E W_Q W_K^T W_E^T: those of W_K^T (W_E^T W_E) W_Q (d_head x d_head), as the recorder
-                res.head["qk_eig"][rows, l] = hm.eigenvalue_score(
-                    torch.linalg.eigvals(W_K.transpose(-1, -2) @ G_E[:, None] @ W_Q))
-                if square:  # W_E W_V W_O W_U: those of W_O (W_U W_E) W_V
-                    res.head["ov_eig"][rows, l] = hm.eigenvalue_score(torch.linalg.eigvals(W_O @ M_UE[:, None] @ W_V))
-                if has_mlp:
-                    W_in = X[f"blocks.{l}.mlp.W_in"]
-                    cond[rows, l] = condensation_index(W_in)
-                    for j, i in enumerate(rows.tolist()):
-                        if i in (0, S - 1):
-                            res.neurons.setdefault(l, {})[steps[i]] = W_in[j].T.to(torch.float64).clone()
             pats = patterns(model, X, probe)
             for l in range(L):
                 C = len(good)
@@ -281,17 +301,12 @@ def _analyze(series, probe, views, progress, seed, chunk) -> SeriesResult:
                 for l in range(L):
                     for name, v in detection_scores(rpats[l], rep_dets).items():
                         res.head[name][rows, l] = v
-            for j, i in enumerate(rows.tolist()):
-                if L > 1:
-                    got = hm.composition_scores(*[torch.stack([a[q][j] for a in attn]) for q in range(4)])
-                    for m, v in got.items():
-                        comp[m][i] = v
-            for n, v in X.items():  # the recorder's scores.rel_change: float32 norms
-                d = (v.float() - W0[n]).flatten(1).norm(dim=1)
-                n0 = W0[n].norm()
-                rel[n][rows] = (d / n0).to(torch.float64) if n0 > 0 else float("nan")
+        if fut is not None:
+            fut.result()
         bar.update(len(idx))
     bar.close()
+    if pool is not None:
+        pool.shutdown()
     if has_mlp:
         cond[~ok] = float("nan")
         res.layer = {"mlp_condensation": cond}

@@ -89,7 +89,7 @@ def test_a_given_probe_and_a_diverged_checkpoint(tmp_path):
     torch.save(sd, tmp_path / "step_3.pt")
     probe = torch.randint(0, 40, (3, 12), generator=torch.Generator().manual_seed(5))
     s = open_series(str(tmp_path))
-    fast = batched.analyze_stacked(s, probe=probe, progress=False)
+    fast = batched.analyze_stacked(s, probe=probe, progress=False, threads=1)
     ref = analyze_series(s, probe=probe, progress=False, batched=False)
     assert torch.isnan(fast.head["entropy"][3]).all() and torch.isnan(fast.head["QK.stable_rank"][3]).all()
     assert not torch.isnan(fast.head["prefix_matching"][4]).any()
