@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from sslens.analyses import head_metrics as hm
 from sslens.analyses.series import HEAD_METRICS, SeriesResult, Views, is_repeated, repeated_random_tokens
 
-CHUNK = 128  # checkpoints per batch: bounds memory to ~CHUNK x (parameters + probe patterns)
+CHUNK = 128  # checkpoints per batch at most; fewer when a checkpoint's parameters and patterns are large
+CHUNK_BYTES = 2**30  # memory budget of one chunk (stacked parameters, probe patterns and their float64 copies)
 
 
 def supported(series, probe: Tensor | None = None) -> bool:
@@ -69,7 +70,7 @@ class StateDictReader:
             raw = self._raw(reader)
             if not all(torch.equal(raw[k], sd[k]) for k in self.keys):
                 self.template = None
-        except (RuntimeError, ValueError, KeyError):
+        except (RuntimeError, ValueError, KeyError, AttributeError):  # AttributeError: a torch without the reader
             self.template = None
 
     def _raw(self, reader) -> dict[str, Tensor]:
@@ -92,7 +93,7 @@ class StateDictReader:
                 reader = torch._C.PyTorchFileReader(str(path))
                 if reader.get_record("data.pkl") == self.template:
                     return self._raw(reader), True
-            except RuntimeError:
+            except (RuntimeError, AttributeError):
                 pass  # truncated or not a zip: load_state_dict says which in one line
         return load_state_dict(path), False
 
@@ -211,6 +212,9 @@ def _analyze(series, probe, views, progress, seed, chunk, threads) -> SeriesResu
     comp = {m: torch.full((S, L, H, L, H), float("nan"), dtype=torch.float64) for m in "QKV"} if L > 1 else {}
     rel = {n: torch.full((S,), float("nan"), dtype=torch.float64) for n in names}
     W0 = {n: p.detach().float().clone() for n, p in params0.items()}
+    per_ckpt = 2 * sum(p.numel() * p.element_size() for p in params0.values()) \
+        + 6 * L * probe.numel() * H * probe.shape[-1] * 8  # patterns and what is computed from them
+    chunk = max(1, min(chunk, CHUNK_BYTES // per_ckpt))
     reader = StateDictReader(series.files[steps[0]], list(own))
     ok = torch.zeros(S, dtype=torch.bool)
 
