@@ -69,7 +69,7 @@ class BatchedOptimizer:
                 g = g + self.wd * p
             buf = s1.mul_(self.mu).add_(g)  # s1 = 0 at t = 1, so buf = g exactly
             self.state[i] = (buf, s2)
-            out.append(p - (lr * factor) * buf)
+            out.append(torch.addcmul(p, buf, lr * factor, value=-1))  # p - lr buf in one pass
         return out
 
 

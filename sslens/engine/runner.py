@@ -139,7 +139,8 @@ def train_many(
         for r in torch.nonzero(bad).flatten().tolist():
             diverged_at[r] = step + 1  # as sslens.train: the step whose loss is non-finite; no update
         alive &= ~bad
-        gZ, gY = gZ.nan_to_num_(), gY.nan_to_num_()
+        if not alive.all():  # a dead run's gradients are non-finite; keep them out of the clip norm and buffers
+            gZ, gY = gZ.nan_to_num_(), gY.nan_to_num_()
         if clipped:  # torch.nn.utils.clip_grad_norm_ over both parameters
             total = torch.sqrt(gZ.square().sum((1, 2)) + gY.square().sum((1, 2)))
             coef = torch.where(torch.isfinite(clip), (clip / (total + 1e-6)).clamp(max=1.0), torch.ones_like(clip))
