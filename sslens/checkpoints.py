@@ -43,6 +43,8 @@ class Series:
 
     ``load_into(i, model)`` loads checkpoint ``i`` into ``model`` (built once when ``None``) and returns it:
     the fast path for long series. ``notes``: one-line facts about the series (e.g. overwritten epochs).
+    ``files``: step -> state-dict file, for a plain HookedTransformer rebuilt from a config (the batched analysis,
+    ``sslens.analyses.batched``, reads them itself); None otherwise.
     """
 
     name: str
@@ -50,6 +52,7 @@ class Series:
     load: Callable[[int], HookedTransformer]
     load_into: Callable[[int, HookedTransformer | None], HookedTransformer] | None = None
     notes: list[str] = field(default_factory=list)
+    files: dict[int, Path] | None = None
 
     def __post_init__(self):
         if self.load_into is None:
@@ -189,7 +192,8 @@ def open_series(path: str, config: str | None = None, checkpoint_indices: list[i
     def load_into(s: int, model: HookedTransformer | None = None) -> HookedTransformer:
         return _model_from(build, load_state_dict(by_step[s]), by_step[s].name, model)
 
-    return Series(p.name, sorted(by_step), lambda s: load_into(s), load_into, notes)
+    files = dict(sorted(by_step.items())) if isinstance(build, HookedTransformerConfig) else None
+    return Series(p.name, sorted(by_step), lambda s: load_into(s), load_into, notes, files)
 
 
 def _run_series(p: Path) -> Series:
