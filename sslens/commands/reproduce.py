@@ -29,7 +29,7 @@ def _scan_snap_run(a: argparse.Namespace) -> int:
 
 
 def _rank_collapse_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=positive_int, default=600, help="steps of each stage-2 (binary-task) run")
+    p.add_argument("--steps", type=positive_int, default=1100, help="steps of each stage-2 (binary-task) run")
     p.add_argument("--init-attn", type=positive_float, default=1e-5, help="init std of W_Q, W_K (theory regime)")
     p.add_argument("--init-outer", type=positive_float, default=0.03, help="init std of W_V, W1, W2")
     p.add_argument("--seeds", type=positive_int, default=1, help="seeds of the stage-2 runs (intervals over seeds)")
