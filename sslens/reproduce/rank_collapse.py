@@ -326,63 +326,86 @@ def anchor_config(steps: int, d: int, seed: int = 0, scale: str = "small") -> Tr
     )
 
 
-def anchor_experiment(out: Path, a: argparse.Namespace) -> dict:
-    """The paper's model on the anchor task at ``--d-model`` over ``--anchor-seeds`` seeds: the stage
-    picture of the parameters (relative change, effective rank of both groups) with intervals over seeds.
-    The nearest variant that can represent the map is not trained yet (docs/rank_collapse.md)."""
-    from sslens.analyses.rank_collapse_report import analyze
+def variant_config(steps: int, d: int, seed: int = 0, scale: str = "small") -> TrainConfig:
+    """The nearest variant that can represent the anchor map (docs/rank_collapse.md "Anchor task at width"):
+    [CR]'s own small-init model (kind small_init_lm: 2 layers, 1 head each, residual stream, GeLU MLP, no
+    LayerNorm, every weight ~ N(0, d^-2 gamma), gamma 0.85 as the anchor model) on the same task."""
+    from sslens.models.rank_collapse import small_init_lm_config
 
-    runs, ms = [], []
-    for s in range(a.anchor_seeds):
-        name = f"anchor-d{a.d_model if a.scale == 'small' else 640}-s{s}"
-        d = _run(anchor_config(a.anchor_steps, a.d_model, seed=s, scale=a.scale), out / name, a.quiet)
-        ms.append(analyze(d))
-        runs.append(name)
-    regime = (f"paper's model (1 layer, 1 head, no residual), anchor synonym task, d_model "
-              f"{640 if a.scale == 'paper' else a.d_model}, AdamW, {a.anchor_steps} steps")
+    d, batch = (640, 1000) if scale == "paper" else (d, 128)
+    return TrainConfig(
+        model=small_init_lm_config(d_model=d, d_ff=2 * d, n_layers=2, d_vocab=201, n_ctx=10, gamma=0.85),
+        task={"kind": "anchor", "variant": "synonym"}, steps=steps, batch=batch, optimizer="adamw", lr={"*": 1e-2},
+        grad_clip=1.0, lr_schedule="warmup_cosine", warmup_steps=max(1, steps // 10), seed=seed,
+        checkpoint_every=max(1, steps // 30), record_n=0,
+    )
 
-    def row(id_, check, vals, predicted, tol, passed, steps):
+
+CHANCE = 1 / 96  # the target is one of 96 (+1) key tokens
+
+
+def anchor_rows(ms: list[dict], runs: list[str], prefix: str, regime: str) -> list[dict]:
+    """checks.json rows of one anchor model over seeds (median + [min, max])."""
+    def row(id_, check, vals, predicted, tol, passed, at="last"):
         meas, iv = _agg(vals)
-        r = {"id": id_, "check": check, "measured": meas, "predicted": predicted, "tolerance": tol,
-             "pass": passed(meas) if callable(passed) else passed, "regime": regime, **dict(zip(("run", "step"), _one(runs, steps)))}
+        steps = [m["steps"][-1] if at == "last" else m[at] for m in ms]
+        r = {"id": f"{prefix}.{id_}", "check": check, "measured": meas, "predicted": predicted, "tolerance": tol,
+             "pass": passed(meas) if callable(passed) else passed, "regime": regime,
+             **dict(zip(("run", "step"), _one(runs, steps)))}
         if iv is not None:
             r.update(interval=iv, n_seeds=len(vals))
         return r
 
-    last = [m["steps"][-1] for m in ms]
-    rows = [
-        row("cr.anchor.loss_end", "final training loss (CE at the last position; ln 96 = 4.56 is chance over keys)",
-            [m["loss"][-1] for m in ms], "reported", "reported", "reported", last),
-        row("cr.anchor.two_stages", "fraction of seeds with t1 < t2 (outer weights move before attention)",
-            [float(m["t1"] < m["t2"]) for m in ms], 1.0, "all seeds", lambda x: x == 1.0, last),
-        row("cr.anchor.qk_effective_rank", "effective rank of W_Q W_K^T at the end (start ~d)",
-            [m["effective_rank.QK"][-1] for m in ms], "small (rank collapse)", "reported", "reported", last),
+    i1 = [m["steps"].index(m["t1"]) for m in ms]
+    return [
+        row("loss_end", "final training loss (CE at the last position; ln 96 = 4.56: chance over keys)",
+            [m["loss"][-1] for m in ms], "reported", "reported", "reported"),
+        row("accuracy", "accuracy on 2048 fresh sequences at the last checkpoint (chance 1/96)",
+            [m["accuracy"] for m in ms], "reported", "reported", "reported"),
+        row("two_stages", "fraction of seeds with t1 < t2 (outer weights reach half their change before W_Q, W_K)",
+            [float(m["t1"] < m["t2"]) for m in ms], 1.0, "all seeds", lambda x: x == 1.0),
+        row("attn_quiet_stage1", "relative change of W_Q, W_K at t1 / that of the outer weights (stage 1: attention "
+            "nearly still)", [m["rel_change_attn"][i] / max(m["rel_change_outer"][i], 1e-300) for m, i in zip(ms, i1)],
+            "< 1", "< 1", lambda x: x < 1, at="t1"),
+        row("qk_effective_rank", "effective rank of W_Q W_K^T (last layer) at the end / at step 0",
+            [m["effective_rank_QK"][-1] / m["effective_rank_QK"][0] for m in ms], "<< 1 (rank collapse)", "< 0.25",
+            lambda x: x < 0.25),
+        row("outer_effective_rank", "effective rank of W_in (first layer) at the end / at step 0 (condensation)",
+            [m["effective_rank_W_in"][-1] / m["effective_rank_W_in"][0] for m in ms], "< 1 (condensation)", "reported",
+            "reported"),
+        row("qk_subspace_stable", "mean |cos(u1_t, u1_t+1)| of W_Q W_K^T over the last third of checkpoints",
+            [float(np.mean(m["stability_QK"][-max(1, len(m["stability_QK"]) // 3):])) for m in ms],
+            "-> 1 (direction settled)", ">= 0.95", lambda x: x >= 0.95),
     ]
-    return {"rows": rows, "figures": [(anchor_figure(ms), f"Anchor task, paper's model, seeds {runs}: relative change "
-                                       "of both groups (dotted: median stage-2 onset t2) and effective ranks; "
-                                       "line = median, band = min..max over seeds")]}
 
 
-def anchor_figure(ms: list[dict]):
-    from matplotlib.figure import Figure
+def anchor_experiment(out: Path, a: argparse.Namespace) -> dict:
+    """The paper's model and the nearest variant that can represent the map on the anchor task at
+    ``--d-model`` over ``--anchor-seeds`` seeds: Fig. 1-2 panels with bands over seeds and cr.anchor.* rows
+    (docs/rank_collapse.md "Anchor task at width")."""
+    from sslens.analyses.anchor_stages import anchor_metrics, fig1, fig2
+    from sslens.store import atomic_write_json
 
-    fig = Figure(figsize=(10, 3.2), layout="constrained")
-    axes = fig.subplots(1, 2)
-    s = ms[0]["steps"]
-
-    def band(ax, key, label):
-        v = np.array([m[key] for m in ms])
-        ax.plot(s, np.median(v, 0), label=label)
-        ax.fill_between(s, v.min(0), v.max(0), alpha=0.25)
-
-    band(axes[0], "rel_change_outer", "outer (W_V, W1, W2)")
-    band(axes[0], "rel_change_attn", "attention (W_Q, W_K)")
-    axes[0].set_ylabel("||W_t - W_0||_F / ||W_0||_F")
-    axes[0].axvline(float(np.median([m["t2"] for m in ms])), color="k", ls=":", lw=1)
-    for key, label in (("effective_rank.QK", "W_Q W_K^T"), ("effective_rank.W_V", "W_V"), ("effective_rank.W1", "W1")):
-        band(axes[1], key, label)
-    axes[1].set_ylabel("effective rank")
-    for ax in axes:
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    return fig
+    d = 640 if a.scale == "paper" else a.d_model
+    rows, figures = [], []
+    models = (("cr.anchor", "anchor", anchor_config, a.anchor_steps,
+               "paper's model (1 layer, 1 head, no residual, tanh MLP, frozen embeddings)"),
+              ("cr.anchor.variant", "anchor2", variant_config, a.variant_steps,
+               "nearest variant that can represent the map (2 layers, residual, GeLU, small init)"))
+    for prefix, stem, make, steps, what in models:
+        runs, ms = [], []
+        for s in range(a.anchor_seeds):
+            name = f"{stem}-d{d}-s{s}"
+            _run(make(steps, a.d_model, seed=s, scale=a.scale), out / name, a.quiet)
+            ms.append(anchor_metrics(out / name))
+            atomic_write_json(out / name / "anchor_metrics.json", ms[-1])
+            runs.append(name)
+        regime = f"{what}, anchor synonym task, d_model {d}, AdamW, {steps} steps"
+        rows += anchor_rows(ms, runs, prefix, regime)
+        title = f"{what}, d_model {d}, seeds {len(ms)}"
+        figures += [(fig1(ms, title), f"Fig. 1 panels, {what}: relative change of both groups (dotted: median stage-2 "
+                     "onset t2), effective ranks, Frobenius norms; line = median, band = min..max over seeds"),
+                    (fig2(ms, title), f"Fig. 2 panels, {what}: adjacent-checkpoint stability of the top singular "
+                     "vectors (bands over seeds); seed 0's reordered cosine matrices of W_in's hidden units and W_Q's "
+                     "columns at step 0, t1, t2 and the last step")]
+    return {"rows": rows, "figures": figures}
