@@ -235,7 +235,12 @@ def stage2(run_dir, delta: float = DELTA, n_data: int = 2048, n_pop: int = N_POP
     - misalignment mis(t) = sqrt(1 - cos^2(W_Q W_K^T, u1 v1^T of F(t))); its decay rate per lr x step is
       fitted from the first checkpoint of the growth window to the first one where mis is within 2x of its
       minimum over [t1, t_end], against the mean sigma1 - sigma2 of F;
-    - time to leave the small regime (lr x steps from t1 to t_end) against ln(1/eps_attn) / sigma1.
+    - time to leave the small regime (lr x steps from t1 to t_end) against ln(1/eps_attn) / sigma1;
+    - F: the training set's when the run has a fixed set (full-batch GD); with fresh batches every step
+      (SGD on the population loss) the population F, on ``n_series`` fresh sequences at every checkpoint;
+      the reported alignment ``cos_end`` against the mean of F over the checkpoints of the ``F_WINDOW``
+      steps up to t_end on ``n_pop`` fresh sequences (SGD noise in the outer weights turns F(t)'s top pair
+      from checkpoint to checkpoint; W_Q W_K^T integrates F); the misalignment uses the same trailing mean.
     """
     store = RunStore(run_dir)
     X, y, cfg = data(store, n_data)
