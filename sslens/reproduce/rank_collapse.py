@@ -3,15 +3,17 @@
 ``sslens reproduce rank-collapse --out runs/cr`` runs
 1. stage 2 in the theory's regime (docs/theory.md §2.3, Assumption 2): the binary task with exponential
    loss on f = tanh(attn X W_V W1) W2 (run ``binary-tanh``) and without the tanh (``binary-noact``, the
-   paper's App. B.2 variant); d = 16, a fixed training set of 1024 sequences, full-batch gradient descent
-   (SGD lr 2, float64), attention weights W_Q, W_K started at ``--init-attn`` 1e-5 and the outer weights
-   W_V, W1, W2 at ``--init-outer`` 0.03. Assumption 2 is measured; Thm 3's direction, growth rate,
-   alignment rate and time to leave the small regime are checked against F of §2.3;
+   paper's App. B.2 variant); d = 16, fresh batches of 4096 sequences every step (SGD lr 2 on the
+   population loss, float32), attention weights W_Q, W_K started at ``--init-attn`` 1e-5 and the outer
+   weights W_V, W1, W2 at ``--init-outer`` 0.03. Assumption 2 is measured; Thm 3's direction, growth rate,
+   alignment rate and time to leave the small regime are checked against the population F of §2.3, and
+   the alignment is recomputed with F on an independent fresh sample (``cr.stage2.alignment_fresh``);
 2. the equal-init run (every weight at 0.03, ``binary-equal``): the regime where the premise fails;
 3. the escape-time sweep: eps in {0.015, 0.02, 0.03, 0.045} x 2 seeds (fresh samples, SGD lr 2, batch
    512), escape = first step with loss < 0.9 x initial; log-log slope with a 95 % bootstrap interval;
 4. the anchor-function task (synonym variant) at ``--d-model`` (default 128) on the paper's 1-layer
-   model and on the nearest variant that can represent the map (docs/rank_collapse.md).
+   model and on the nearest variant that can represent the map (2 layers with a residual stream,
+   docs/rank_collapse.md), Fig. 1-2 panels with bands over seeds.
 Every check lands in ``OUT/checks.json`` (``sslens.analyses.checks``); report.html renders from it.
 """
 
