@@ -19,8 +19,21 @@ from sslens.checkpoints import Series
 
 
 def analyze_series(series: Series, probe: torch.Tensor | None = None, progress: bool = True,
-                   views: Views | None = None) -> SeriesResult:
-    """Every generic analysis over ``series`` (see :mod:`sslens.analyses.series`)."""
+                   views: Views | None = None, batched: bool = True) -> SeriesResult:
+    """Every generic analysis over ``series`` (see :mod:`sslens.analyses.series`).
+
+    A directory of state dicts of a plain HookedTransformer goes through the batched path
+    (:func:`sslens.analyses.batched.analyze_stacked`, the same numbers); everything else, or ``batched=False``,
+    one model load per checkpoint.
+    """
+    if batched:
+        from sslens.analyses import batched as b
+
+        if b.supported(series, probe):
+            try:
+                return b.analyze_stacked(series, probe, views=views, progress=progress)
+            except b.Unsupported:
+                pass
     return analyze_states(checkpoint_source(series, probe), views=views, progress=progress)
 
 
@@ -28,5 +41,10 @@ def report(results: list[SeriesResult], out_dir: Path, layers=None, heads=None) 
     """``metrics.json`` and ``report.html`` in ``out_dir``; returns the metrics."""
     from sslens.analyses.series_report import write_report
 
-    write_report(results, out_dir, "Checkpoint series analysis", layers=layers, heads=heads)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # its 512 x 512 eigh (condensation view) spins for seconds with 2 threads on a busy machine
+    try:
+        write_report(results, out_dir, "Checkpoint series analysis", layers=layers, heads=heads)
+    finally:
+        torch.set_num_threads(threads)
     return {"series": [r.to_json() for r in results]}

@@ -21,6 +21,7 @@ from torch import Tensor
 from sslens import compat
 from sslens.analyses import rank
 from sslens.analyses.condensation import mean_abs_cos, relative_change
+from sslens.errors import require
 from sslens.store import RunStore
 from sslens.tasks import build_task
 from sslens.theory import rank_collapse as th
@@ -155,22 +156,74 @@ def _fit_slope(x, y) -> float:
     return float(np.polyfit(x, y, 1)[0]) if len(x) >= 2 else float("nan")
 
 
-def _outer_grad_ratio(store: RunStore, step: int, tokens: Tensor, y: Tensor) -> float:
-    """||dL/d(W_V, W1, W2)|| / ||dL/d(W_Q, W_K)|| at a checkpoint, by autograd on the data."""
+def _outer_grad_ratio(store: RunStore, step: int, chunks: list) -> float:
+    """||dL/d(W_V, W1, W2)|| / ||dL/d(W_Q, W_K)|| at a checkpoint, by autograd on the data (the mean over
+    equal-size chunks)."""
     from sslens.losses import last_token_exp
 
     model = store.load_model(step)
-    loss = last_token_exp(model(tokens), y.to(model.cfg.dtype))
     names = compat.leaves(model)  # 3.x names on both lines (4.x layouts there: the norms below are layout-free)
     attn = [names[n] for n in ("blocks.0.attn.W_Q", "blocks.0.attn.W_K")]
     outer = [p for n, p in names.items() if p.requires_grad and n not in ("blocks.0.attn.W_Q", "blocks.0.attn.W_K")]
-    g = torch.autograd.grad(loss, attn + outer)
+    g = None
+    for tokens, y in chunks:
+        gi = torch.autograd.grad(last_token_exp(model(tokens), y.to(model.cfg.dtype)), attn + outer)
+        g = gi if g is None else [a + b for a, b in zip(g, gi)]
     na = torch.sqrt(sum((x.double() ** 2).sum() for x in g[:2])).item()
     no = torch.sqrt(sum((x.double() ** 2).sum() for x in g[2:])).item()
     return no / max(na, 1e-300)
 
 
-def stage2(run_dir, delta: float = DELTA, n_data: int = 2048) -> dict:
+N_POP = 2**19  # fresh sequences for the reported F when the run samples fresh batches (F is the population's)
+F_WINDOW = 150  # steps before t_end over which F is averaged for the reported alignment (fresh batches)
+N_SERIES = 2**17  # fresh sequences for F at every checkpoint (the series, rates and windows)
+N_POP_G = 2**16  # fresh sequences for the autograd force G (a mean over chunks)
+POP_SEED = 12345  # the reported F's sample; the independent recomputation (alignment_fresh) uses another
+
+
+def _fresh_task(cfg: dict):
+    return build_task({k: v for k, v in cfg["task"].items() if k not in ("n_train", "data_seed")})
+
+
+def token_sample(task, n: int = N_POP, seed: int = POP_SEED, chunk: int = 65536) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """``n`` fresh sequences of ``task`` as (token counts [k, vocab], last token [k], label [k]) chunks."""
+    g = torch.Generator().manual_seed(seed)
+    out, left = [], n
+    while left > 0:
+        k = min(chunk, left)
+        tok, y = task.batch(k, g)
+        C = torch.zeros(k, task.vocab, dtype=torch.float64).scatter_add_(1, tok, torch.ones(tok.shape, dtype=torch.float64))
+        out.append((C, tok[:, -1], y.double()))
+        left -= k
+    return out
+
+
+def population_F(tensors: dict, sample: list, seq_len: int) -> Tensor:
+    """F of docs/theory.md §2.3 (2.3.2) at a checkpoint's weights over a ``token_sample``. With X_ij =
+    E[t_ij] and e = E w (w = W_V W1 W2): Xbar_i w = ebar_i = c_i e / s, M_i w = E^T (c_i * (e - ebar_i)), so
+    F = E^T K E / (n s sqrt(d)) with K = sum_i y_i L1_i onehot(t_is) (c_i * (e - ebar_i))^T [vocab, vocab]:
+    O(n vocab) per checkpoint on the same sample (equal to ``stage2_F`` on X = E[tokens]; tested)."""
+    P = tensors.get("model.pos_embed.W_pos")
+    require(P is None or not P.any(), "pos", "a model with positional embeddings", "the binary task's pos=False model")
+    w = weights(tensors)
+    E = tensors["model.embed.W_E"].double()
+    e = E @ (w["W_V"] @ w["W1"] @ w["W2"])
+    K = torch.zeros(E.shape[0], E.shape[0], dtype=torch.float64)
+    n = 0
+    for C, last, y in sample:
+        eb = C @ e / seq_len
+        a = y * torch.exp(-y * eb)
+        K.index_add_(0, last, a[:, None] * C * (e[None, :] - eb[:, None]))
+        n += len(y)
+    return E.T @ K @ E / (n * seq_len * E.shape[1] ** 0.5)
+
+
+def _fixed(cfg: dict) -> bool:
+    return bool(cfg["task"].get("n_train"))
+
+
+def stage2(run_dir, delta: float = DELTA, n_data: int = 2048, n_pop: int = N_POP, n_series: int = N_SERIES,
+           n_pop_G: int = N_POP_G) -> dict:
     """Stage-2 quantities of a scalar-head run at every checkpoint and the derived rates.
 
     Rules (documented in docs/rank_collapse.md):
@@ -183,7 +236,12 @@ def stage2(run_dir, delta: float = DELTA, n_data: int = 2048) -> dict:
     - misalignment mis(t) = sqrt(1 - cos^2(W_Q W_K^T, u1 v1^T of F(t))); its decay rate per lr x step is
       fitted from the first checkpoint of the growth window to the first one where mis is within 2x of its
       minimum over [t1, t_end], against the mean sigma1 - sigma2 of F;
-    - time to leave the small regime (lr x steps from t1 to t_end) against ln(1/eps_attn) / sigma1.
+    - time to leave the small regime (lr x steps from t1 to t_end) against ln(1/eps_attn) / sigma1;
+    - F: the training set's when the run has a fixed set (full-batch GD); with fresh batches every step
+      (SGD on the population loss) the population F, on ``n_series`` fresh sequences at every checkpoint;
+      the reported alignment ``cos_end`` against the mean of F over the checkpoints of the ``F_WINDOW``
+      steps up to t_end on ``n_pop`` fresh sequences (SGD noise in the outer weights turns F(t)'s top pair
+      from checkpoint to checkpoint; W_Q W_K^T integrates F); the misalignment uses the same trailing mean.
     """
     store = RunStore(run_dir)
     X, y, cfg = data(store, n_data)
@@ -193,7 +251,11 @@ def stage2(run_dir, delta: float = DELTA, n_data: int = 2048) -> dict:
     steps = store.checkpoint_steps()
     Ws = [weights(store.load_checkpoint(s)[0]) for s in steps]
     QK = [w["W_Q"] @ w["W_K"].T for w in Ws]
-    Fs = [th.stage2_F(X, y, w["W_V"], w["W1"], w["W2"]) for w in Ws]
+    if _fixed(cfg):  # full-batch GD on a fixed training set: Thm 3's F is the training set's
+        Fs = [th.stage2_F(X, y, w["W_V"], w["W1"], w["W2"]) for w in Ws]
+    else:  # fresh batches every step: gradient flow on the population loss, F on n_pop fresh sequences
+        sample = token_sample(_fresh_task(cfg), n_series)
+        Fs = [population_F(store.load_checkpoint(s)[0], sample, X.shape[1]) for s in steps]
     sv = [torch.linalg.svdvals(F) for F in Fs]
     cos = [rank.rank1_alignment(q, *_uv(F)).item() for q, F in zip(QK, Fs)]
     scale = [score_scale(q, X) for q in QK]
@@ -209,7 +271,13 @@ def stage2(run_dir, delta: float = DELTA, n_data: int = 2048) -> dict:
     grow = [i for i in range(i1, i_end + 1) if nq[i] >= 3 * nq[0]]
     rate = _fit_slope([time[i] for i in grow], [np.log(nq[i]) for i in grow]) if len(grow) >= 2 else float("nan")
     s1 = float(np.mean([sv[i][0].item() for i in grow])) if grow else float("nan")
-    mis = [float(np.sqrt(max(1 - c * c, 1e-300))) for c in cos]
+    if _fixed(cfg):
+        cos_bar = cos
+    else:  # against the trailing mean of F over F_WINDOW steps (the SGD noise averaged, as W_Q W_K^T does)
+        Fbar = [sum(F for F, t in zip(Fs, steps) if s - F_WINDOW <= t <= s) / sum(s - F_WINDOW <= t <= s for t in steps)
+                for s in steps]
+        cos_bar = [rank.rank1_alignment(q, *_uv(F)).item() for q, F in zip(QK, Fbar)]
+    mis = [float(np.sqrt(max(1 - c * c, 1e-300))) for c in cos_bar]
     floor = min(mis[i1: i_end + 1])
     mwin = [i for i in range(i1, i_end + 1) if 2 * floor <= mis[i] <= 0.9]
     if mwin:  # the first contiguous stretch: decaying misalignment before it reaches its floor
@@ -219,6 +287,11 @@ def stage2(run_dir, delta: float = DELTA, n_data: int = 2048) -> dict:
     eps_attn = mc.get("init_attn") or init_std_of(mc)
     t_leave = time[i_end] - time[i1]
     s1_end = sv[i_end][0].item()
+    # the reported alignment at t_end: F on the training set (fixed set) or on n_pop fresh sequences
+    # fresh batches: SGD noise turns F's top pair by up to ~0.2 between checkpoints 10 steps apart while
+    # W_Q W_K^T integrates F (2.3.1); the frozen F of the theory is the mean of F over the F_WINDOW steps to t_end
+    fwin = [steps[i_end]] if _fixed(cfg) else [s for s in steps if steps[i_end] - F_WINDOW <= s <= steps[i_end]]
+    cos_end = cos[i_end] if _fixed(cfg) else _alignment_on(store, steps[i_end], fwin, token_sample(_fresh_task(cfg), n_pop))
     # Assumption 2: outer directions frozen, attention small, outer gradients dominate
     wvec = [w["W_V"] @ w["W1"] @ w["W2"] for w in Ws]
     ang = []
@@ -227,12 +300,15 @@ def stage2(run_dir, delta: float = DELTA, n_data: int = 2048) -> dict:
         ang.append(float(torch.arccos(c.clamp(-1, 1))) / max(steps[i + 1] - steps[i], 1))
     outer_norm = [float(np.sqrt(sum(w[n].norm().item() ** 2 for n in OUTER))) for w in Ws]
     gi = sorted({i1, (i1 + i_end) // 2, i_end})
-    gratio = {steps[i]: _outer_grad_ratio(store, steps[i], tokens, y) for i in gi}
+    gdata = [(tokens, y)] if _fixed(cfg) else _fresh_chunks(cfg, n_pop_G)
+    gratio = {steps[i]: _outer_grad_ratio(store, steps[i], gdata) for i in gi}
     # the exact force G = -dL/d(W_Q W_K^T) (analyses/qk_gradient.py) on the growth window: tanh' included
     gwin = grow[:: max(1, len(grow) // 4)] if grow else []
-    sG = {steps[i]: _sigma1_G(store, steps[i], tokens, y) for i in gwin}
+    sG = {steps[i]: _sigma1_G(store, steps[i], gdata) for i in gwin}
     return {
-        "steps": steps, "lr": lr, "delta": delta, "score_scale": scale, "cos_QK_F": cos, "misalignment": mis,
+        "steps": steps, "lr": lr, "delta": delta, "cos_end": cos_end, "F_window": fwin, "cos_QK_Fbar": cos_bar, "n_series": n_series,
+        "F_sample": "the training set" if _fixed(cfg) else (f"{n_pop} fresh sequences (seed {POP_SEED}), averaged over "
+                                                            f"the checkpoints {fwin[0]}..{fwin[-1]}"), "score_scale": scale, "cos_QK_F": cos, "misalignment": mis,
         "sigma1_F": [s[0].item() for s in sv], "sigma2_F": [s[1].item() for s in sv], "norm_W_Q": nq, "norm_W_K": nk,
         "norm_outer": outer_norm, "rel_change_outer": rel_outer, "t1": steps[i1], "t_end": steps[i_end],
         "i1": i1, "i_end": i_end, "growth_window": [steps[i] for i in grow], "growth_rate": rate, "sigma1_window": s1,
@@ -247,11 +323,22 @@ def stage2(run_dir, delta: float = DELTA, n_data: int = 2048) -> dict:
     }
 
 
-def _sigma1_G(store: RunStore, step: int, tokens: Tensor, y: Tensor) -> float:
+def _fresh_chunks(cfg: dict, n: int, chunk: int = 16384, seed: int = POP_SEED + 1) -> list:
+    task, g = _fresh_task(cfg), torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(max(1, n // chunk)):
+        tok, y = task.batch(min(chunk, n), g)
+        out.append((tok, y.double()))
+    return out
+
+
+def _sigma1_G(store: RunStore, step: int, chunks: list) -> float:
+    """sigma1 of G = -dL/d(W_Q W_K^T) by autograd, the mean over equal-size data chunks."""
     from sslens.analyses.qk_gradient import qk_gradient
     from sslens.losses import last_token_exp
 
-    G = qk_gradient(store.load_model(step), tokens, y, last_token_exp)[0, 0]
+    model = store.load_model(step)
+    G = sum(qk_gradient(model, t, y, last_token_exp)[0, 0] for t, y in chunks) / len(chunks)
     return torch.linalg.matrix_norm(G, ord=2).item()
 
 
@@ -271,15 +358,16 @@ def _angle(a: Tensor, b: Tensor) -> float:
     return float(torch.arccos((torch.dot(a, b) / (a.norm() * b.norm())).clamp(-1, 1)))
 
 
-def population_alignment(run_dir, step: int, n: int = 65536, seed: int = 777) -> float:
-    """cos(W_Q W_K^T, u1 v1^T of F) with F on ``n`` fresh sequences of the run's task distribution (not its
-    fixed training set): how far the training-set F of a finite sample is from the population's."""
-    store = RunStore(run_dir)
-    cfg = store.read_config()
-    task = build_task({k: v for k, v in cfg["task"].items() if k not in ("n_train", "data_seed")})
-    tokens, y = task.batch(n, torch.Generator().manual_seed(seed))
-    t, _ = store.load_checkpoint(step)
-    X = t["model.embed.W_E"].double()[tokens]
-    w = weights(t)
-    F = th.stage2_F(X, y.double(), w["W_V"], w["W1"], w["W2"])
+def _alignment_on(store: RunStore, step: int, window: list[int], sample: list) -> float:
+    """cos(W_Q W_K^T at ``step``, u1 v1^T of the mean of F over the checkpoints ``window`` on ``sample``)."""
+    s = store.read_config()["task"]["seq_len"]
+    F = sum(population_F(store.load_checkpoint(t)[0], sample, s) for t in window) / len(window)
+    w = weights(store.load_checkpoint(step)[0])
     return rank.rank1_alignment(w["W_Q"] @ w["W_K"].T, *_uv(F)).item()
+
+
+def alignment_fresh(run_dir, step: int, window: list[int], n: int = N_POP, seed: int = 777) -> float:
+    """cos(W_Q W_K^T at ``step``, u1 v1^T of F averaged over the checkpoints ``window``) with F on ``n`` fresh
+    sequences drawn with ``seed`` (independent of ``stage2``'s sample): the reported alignment recomputed."""
+    store = RunStore(run_dir)
+    return _alignment_on(store, step, window, token_sample(_fresh_task(store.read_config()), n, seed))

@@ -1,5 +1,6 @@
-"""Run every ``benchmarks/bench_*.py`` module's ``main()`` in turn (``make bench``): bench_recorder (recorder
-bytes per step and overhead), bench_sweep, bench_train. ``python -m benchmarks bench_recorder`` runs one."""
+"""Run every ``benchmarks/bench_*.py`` module's ``main()`` in turn (``make bench``): bench_analyze
+(analyze-checkpoints over 1000 state dicts, --help times), bench_recorder (recorder bytes per step and overhead),
+bench_sweep, bench_train. ``python -m benchmarks bench_recorder`` runs one."""
 
 import importlib
 import pkgutil

@@ -46,6 +46,8 @@ class Series:
 
     ``load_into(i, model)`` loads checkpoint ``i`` into ``model`` (built once when ``None``) and returns it:
     the fast path for long series. ``notes``: one-line facts about the series (e.g. overwritten epochs).
+    ``files``: step -> state-dict file, for a plain HookedTransformer rebuilt from a config (the batched analysis,
+    ``sslens.analyses.batched``, reads them itself); None otherwise.
     """
 
     name: str
@@ -53,6 +55,7 @@ class Series:
     load: Callable[[int], HookedTransformer]
     load_into: Callable[[int, HookedTransformer | None], HookedTransformer] | None = None
     notes: list[str] = field(default_factory=list)
+    files: dict[int, Path] | None = None
 
     def __post_init__(self):
         if self.load_into is None:
@@ -199,7 +202,10 @@ def open_series(path: str, config: str | None = None, checkpoint_indices: list[i
     def load_into(s: int, model: HookedTransformer | None = None) -> HookedTransformer:
         return _model_from(build, load_state_dict(by_step[s]), by_step[s].name, model)
 
-    return Series(p.name, sorted(by_step), lambda s: load_into(s), load_into, notes)
+    # the batched analysis reads the files in 3.x names: not for 4.x (bridge-keyed) state dicts, read through compat
+    plain = isinstance(build, dict) and not compat.is_bridge_state_dict(load_state_dict(by_step[min(by_step)]))
+    files = dict(sorted(by_step.items())) if plain else None
+    return Series(p.name, sorted(by_step), lambda s: load_into(s), load_into, notes, files)
 
 
 def _run_series(p: Path) -> Series:

@@ -13,14 +13,14 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from sslens import compat
-from sslens.compat import HookedModel as HookedTransformer  # the installed line's model class
 from sslens.configs import build_model, build_task, model_config, task_config
 from sslens.constants import LR_SCHEDULES, OPTIMIZERS, PROBE_SEED_OFFSET, SEED_MAX
 from sslens.errors import SslensError, TrainingDiverged, choice, require
@@ -28,6 +28,9 @@ from sslens.losses import get_loss
 from sslens.memory import available_memory, check_memory, estimate_bytes  # noqa: F401 -- re-exported
 from sslens.schedule import log_schedule
 from sslens.store import RunStore, check_out_path, load_params
+
+if TYPE_CHECKING:  # the installed line's model class; TransformerLens is imported when a model is built
+    from sslens.compat import HookedModel as HookedTransformer
 
 LR_MAX = float(torch.finfo(torch.float32).max)
 
@@ -79,7 +82,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         """The JSON-able dict (``config.json``'s ``train``)."""
-        d = asdict(self)
+        # a JSON round trip is the deep copy (json's C code; dataclasses.asdict's recursion on a large task spec
+        # was a tenth of a Fig. 6 sweep)
+        d = json.loads(json.dumps({f.name: getattr(self, f.name) for f in fields(self)}))
         d["betas"] = list(self.betas)
         return d
 

@@ -297,7 +297,7 @@ def test_rank_collapse_gradient_ratio_on_this_line(tmp_path):
     store = RunStore(tmp_path / "cr")
     _, y, _ = data(store, 32)
     tokens = _tokens(store, 32)
-    got = _outer_grad_ratio(store, 4, tokens, y)
+    got = _outer_grad_ratio(store, 4, [(tokens, y)])
     model = store.load_model(4)
     last_token_exp(model(tokens), y.to(model.cfg.dtype)).backward()
     g = {k: v.double() for k, v in compat.grads(model).items() if v is not None}

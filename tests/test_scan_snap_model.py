@@ -81,3 +81,17 @@ def test_random_init_bounds_and_rebuild(gen):
     b = build(scan_snap_config(M, init="random"), generator=torch.Generator().manual_seed(5))
     c = build(scan_snap_config(M, init="random"), generator=torch.Generator().manual_seed(6))
     assert torch.equal(Z_of(a), Z_of(b)) and not torch.equal(Z_of(a), Z_of(c))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_frozen_params_equal_the_built_models(dtype):
+    """The count engine writes ``frozen_params`` into its checkpoints without building a model: the same names
+    (3.x), shapes, dtypes and values as every frozen parameter of the built model, on either TransformerLens line."""
+    from sslens.models.scan_snap import TRAINABLE, frozen_params
+
+    built = {n: p for n, p in compat.params(scan_snap(6, n_ctx=9, dtype=dtype)).items() if n not in TRAINABLE}
+    formula = frozen_params(6, n_ctx=9, dtype=dtype)
+    assert sorted(formula) == sorted(built)
+    for n, p in built.items():
+        assert formula[n].dtype == p.dtype and formula[n].shape == p.shape, n
+        assert torch.equal(formula[n], p.detach()), n

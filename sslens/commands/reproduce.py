@@ -29,11 +29,13 @@ def _scan_snap_run(a: argparse.Namespace) -> int:
 
 
 def _rank_collapse_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=positive_int, default=600, help="steps of each stage-2 (binary-task) run")
+    p.add_argument("--steps", type=positive_int, default=1100, help="steps of each stage-2 (binary-task) run")
     p.add_argument("--init-attn", type=positive_float, default=1e-5, help="init std of W_Q, W_K (theory regime)")
     p.add_argument("--init-outer", type=positive_float, default=0.03, help="init std of W_V, W1, W2")
     p.add_argument("--seeds", type=positive_int, default=1, help="seeds of the stage-2 runs (intervals over seeds)")
-    p.add_argument("--anchor-steps", type=positive_int, default=200, help="steps of each anchor-task run")
+    p.add_argument("--anchor-steps", type=positive_int, default=200, help="steps of each anchor run (paper's model)")
+    p.add_argument("--variant-steps", type=positive_int, default=300,
+                   help="steps of each anchor run of the 2-layer variant that can represent the map")
     p.add_argument("--d-model", type=positive_int, default=128, help="anchor-task width (paper: 640)")
     p.add_argument("--anchor-seeds", type=positive_int, default=2, help="seeds of the anchor runs (error bars)")
     p.add_argument("--scale", choices=("small", "paper"), default="small",

@@ -13,6 +13,8 @@ own distinct tokens, normalised per class.
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass, field
 
 import torch
@@ -71,6 +73,9 @@ class SequenceClassSpec:
         for k, c in enumerate(normed):
             P[k, list(c.probs)] = torch.tensor(list(c.probs.values()), dtype=torch.float64)
         object.__setattr__(self, "_P", P)  # cached: the sampler needs it every batch
+        cnt = (P > 0).sum(0).tolist()  # the token partition, computed once (analyses ask for it per run)
+        object.__setattr__(self, "_distinct", tuple(tuple(t for t in c.probs if cnt[t] == 1) for c in normed))
+        object.__setattr__(self, "_common", tuple(tuple(t for t in c.probs if cnt[t] > 1) for c in normed))
 
     # ----- derived quantities -------------------------------------------------------------
     @property
@@ -99,14 +104,12 @@ class SequenceClassSpec:
     @property
     def distinct(self) -> list[list[int]]:
         """Per class: tokens with P(l|n) > 0 for exactly this class (docs/theory.md §1.2)."""
-        cnt = self.support_count()
-        return [[t for t in c.probs if cnt[t] == 1] for c in self.classes]
+        return [list(d) for d in self._distinct]
 
     @property
     def common(self) -> list[list[int]]:
         """Per class: tokens it shares with at least one other class."""
-        cnt = self.support_count()
-        return [[t for t in c.probs if cnt[t] > 1] for c in self.classes]
+        return [list(c) for c in self._common]
 
     def to_dict(self) -> dict:
         """The JSON-able dict (``config.json``'s ``task.spec``)."""
@@ -124,6 +127,16 @@ class SequenceClassSpec:
             raise SslensError("classes", f"malformed class entry ({e})", "{m: int, n: int, probs: {token: prob}}") from None
         return cls(M=int(d["M"]), classes=classes, T=int(d.get("T", 128)), name=d.get("name", "custom"),
                    meta=dict(d.get("meta", {})))
+
+
+@functools.lru_cache(maxsize=16)
+def _spec_from_json(text: str) -> SequenceClassSpec:
+    return SequenceClassSpec.from_dict(json.loads(text))
+
+
+def spec_from_dict(d: dict) -> SequenceClassSpec:
+    """:meth:`SequenceClassSpec.from_dict`, memoised on the dict's JSON (a sweep's runs share a few specs)."""
+    return _spec_from_json(json.dumps(d, sort_keys=True))
 
 
 # ----- presets (docs/theory.md §1.2) ----------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -22,10 +22,13 @@ from sslens.engine.grad import loss_and_grads
 from sslens.engine.optim import BatchedOptimizer, per_run
 from sslens.engine.sampler import CountBatch, Supports
 from sslens.errors import SslensError, require
-from sslens.models.scan_snap import DTYPES, TRAINABLE, init_Z_Y, scan_snap
-from sslens.store import RunStore
+from sslens.models.scan_snap import DTYPES, TRAINABLE, frozen_params, init_Z_Y, scan_snap
+from sslens.store import RunStore, deferred_fsync
 from sslens.tasks import SequenceClassTask, build_task
 from sslens.train import TrainConfig, lr_factor
+
+if TYPE_CHECKING:
+    from sslens.compat import HookedModel as HookedTransformer
 
 SAMPLERS = ("tokens", "counts")
 CHECKPOINTS = ("ends", "end")
@@ -137,7 +140,8 @@ def train_many(
         for r in torch.nonzero(bad).flatten().tolist():
             diverged_at[r] = step + 1  # as sslens.train: the step whose loss is non-finite; no update
         alive &= ~bad
-        gZ, gY = torch.nan_to_num(gZ), torch.nan_to_num(gY)
+        if not alive.all():  # a dead run's gradients are non-finite; keep them out of the clip norm and buffers
+            gZ, gY = gZ.nan_to_num_(), gY.nan_to_num_()
         if clipped:  # torch.nn.utils.clip_grad_norm_ over both parameters
             total = torch.sqrt(gZ.square().sum((1, 2)) + gY.square().sum((1, 2)))
             coef = torch.where(torch.isfinite(clip), (clip / (total + 1e-6)).clamp(max=1.0), torch.ones_like(clip))
@@ -155,30 +159,38 @@ def train_many(
     results = [{"Z": Z[r], "Y": Y[r], "losses": losses[:, r].tolist(), "diverged_at": diverged_at[r]} for r in range(R)]
     if outs is not None:
         require(len(outs) == R, "outs", f"{len(outs)} directories for {R} runs", "one per config")
-        template = scan_snap(M, n_ctx=c0.model.get("n_ctx", spec.T), dtype=c0.model.get("dtype", "float32"))
-        for r, (cfg, out) in enumerate(zip(cfgs, outs)):
-            weights = {s: (snaps[s][0][r], snaps[s][1][r]) for s in sorted(sched[r]) if s in snaps}
-            write_store(out, cfg, template, weights, results[r], task, sampler, checkpoints)
+        # a real model only to record through the CircuitRecorder; checkpoints need just the frozen weights
+        template = scan_snap(M, n_ctx=c0.model.get("n_ctx", spec.T), dtype=c0.model.get("dtype", "float32")) \
+            if any(c.record_n > 0 for c in cfgs) else None
+        with deferred_fsync():  # one os.sync for the group; COMPLETE markers only after it
+            for r, (cfg, out) in enumerate(zip(cfgs, outs)):
+                weights = {s: (snaps[s][0][r], snaps[s][1][r]) for s in sorted(sched[r]) if s in snaps}
+                write_store(out, cfg, template, weights, results[r], task, sampler, checkpoints, complete=False)
+        for cfg, out, res in zip(cfgs, outs, results):
+            if res["diverged_at"] is None:
+                with RunStore(out).writing() as store:
+                    store.mark_complete({"steps": cfg.steps, "engine": "counts", "sampler": sampler})
     return results
 
 
-def write_store(out, cfg: TrainConfig, model, weights: dict, result: dict, task, sampler: str = "tokens",
-                checkpoints: str = "ends") -> None:
+def write_store(out, cfg: TrainConfig, model: HookedTransformer | None, weights: dict, result: dict, task, sampler: str = "tokens",
+                checkpoints: str = "ends", complete: bool = True) -> None:
     """A run store as sslens.train writes it: config, checkpoints, recordings, metrics, COMPLETE.
 
     A run whose loss became non-finite at step t keeps config.json (with ``"diverged_at": t``), the
     checkpoints and metrics up to t - 1, and no COMPLETE (``sslens train`` would have raised at t).
     Idempotent: the directory is locked (``RunStore.writing``: one writer, temp files of killed writers
     removed), a stale COMPLETE/DIVERGED is dropped first, and metrics.jsonl is rewritten, never appended to,
-    so a re-run or resumed sweep leaves exactly one row per step.
+    so a re-run or resumed sweep leaves exactly one row per step. ``complete=False`` leaves COMPLETE to the
+    caller (written after the files are flushed, :func:`sslens.store.deferred_fsync`).
     """
     store = RunStore(out)
     with store.writing():
-        _write_store(store, cfg, model, weights, result, task, sampler, checkpoints)
+        _write_store(store, cfg, model, weights, result, task, sampler, checkpoints, complete)
 
 
-def _write_store(store: RunStore, cfg: TrainConfig, model, weights: dict, result: dict, task, sampler: str,
-                 checkpoints: str) -> None:
+def _write_store(store: RunStore, cfg: TrainConfig, model: HookedTransformer | None, weights: dict, result: dict, task, sampler: str,
+                 checkpoints: str, complete: bool = True) -> None:
     for marker in ("COMPLETE", "DIVERGED"):  # written again below if still true
         (store.path / marker).unlink(missing_ok=True)
     last = result["diverged_at"] - 1 if result["diverged_at"] else cfg.steps
@@ -186,11 +198,14 @@ def _write_store(store: RunStore, cfg: TrainConfig, model, weights: dict, result
     if result["diverged_at"]:
         config["diverged_at"] = result["diverged_at"]
     store.write_config(config)
-    frozen = {f"model.{n}": p for n, p in compat.state_dict_3x(model).items() if n not in TRAINABLE}  # 3.x names
+    frozen = {f"model.{n}": p for n, p in frozen_params(cfg.model["M"], cfg.model.get("n_ctx", cfg.task.get("spec", {}).get("T", 128)),
+                                                         cfg.model.get("dtype", "float32")).items()}
     keep = {0, last} if checkpoints == "ends" else {last}
     rec = None
     if cfg.record_n > 0:
         from sslens.hooks.recorder import CircuitRecorder
+
+        require(model is not None, "model", "recording needs the built model", "scan_snap(...) of this config")
 
         probe, probe_target = task.batch(cfg.probe_batch, torch.Generator().manual_seed(cfg.seed + 7_654_321))
         rec = CircuitRecorder(model, store=store, schedule=[], probe_tokens=probe, probe_target=probe_target)
@@ -209,7 +224,7 @@ def _write_store(store: RunStore, cfg: TrainConfig, model, weights: dict, result
     if last in keep and last not in weights:  # a diverged run's last finite weights are not a snapshot
         pass
     store.write_metrics({"step": i + 1, "loss": v} for i, v in enumerate(result["losses"][:last]))
-    if result["diverged_at"] is None:
+    if result["diverged_at"] is None and complete:
         store.mark_complete({"steps": cfg.steps, "engine": "counts", "sampler": sampler})
 
 

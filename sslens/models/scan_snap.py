@@ -13,16 +13,18 @@ Loss: cross-entropy on the last position (``sslens.losses.last_token_ce``).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from sslens import compat
-from sslens.compat import HookedModel as HookedTransformer  # the installed line's model class
 from sslens.constants import INITS, Y_PARAM, Z_PARAM
 from sslens.errors import choice, require
-from sslens.hooks.variants import apply_variants
+
+if TYPE_CHECKING:  # TransformerLens is imported only when a model is built (the count engine never builds one)
+    from sslens.compat import HookedModel as HookedTransformer
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 SS_VARIANTS = ["no_self_attention", "no_residual", "l2_normalize_output"]
@@ -67,6 +69,26 @@ def init_Z_Y(M: int, init: str, generator: torch.Generator | None, dtype: torch.
     return Z, Y
 
 
+def frozen_params(M: int, n_ctx: int = 128, dtype: str = "float32") -> dict[str, Tensor]:
+    """Every frozen parameter of :func:`scan_snap`'s model in 3.x names and layouts, without building it.
+
+    W_E = W_K = W_V = W_O = I, W_pos and every bias 0 (the module docstring; equal to the built model's,
+    tests/test_scan_snap_model.py). The count engine writes them into its checkpoints.
+    """
+    t = DTYPES[dtype]
+
+    def eye():  # separate tensors: safetensors refuses shared storage
+        return torch.eye(M, dtype=t)
+
+    def zeros(*shape):
+        return torch.zeros(*shape, dtype=t)
+
+    return {"embed.W_E": eye(), "pos_embed.W_pos": zeros(n_ctx, M), "blocks.0.attn.W_K": eye()[None],
+            "blocks.0.attn.W_V": eye()[None], "blocks.0.attn.W_O": eye()[None], "blocks.0.attn.b_Q": zeros(1, M),
+            "blocks.0.attn.b_K": zeros(1, M), "blocks.0.attn.b_V": zeros(1, M), "blocks.0.attn.b_O": zeros(M),
+            "unembed.b_U": zeros(M)}
+
+
 def scan_snap(
     M: int,
     n_ctx: int = 128,
@@ -98,6 +120,8 @@ def scan_snap(
         P["blocks.0.attn.W_O"][0].copy_(eye)
         P[Z_PARAM][0].copy_(Z0)
         P[Y_PARAM].copy_(Y0)
+    from sslens.hooks.variants import apply_variants
+
     apply_variants(model, SS_VARIANTS)
     model.sslens_config = scan_snap_config(M, n_ctx, init, dtype)
     model.sslens_trainable = list(TRAINABLE)

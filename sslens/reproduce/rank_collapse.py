@@ -3,15 +3,17 @@
 ``sslens reproduce rank-collapse --out runs/cr`` runs
 1. stage 2 in the theory's regime (docs/theory.md §2.3, Assumption 2): the binary task with exponential
    loss on f = tanh(attn X W_V W1) W2 (run ``binary-tanh``) and without the tanh (``binary-noact``, the
-   paper's App. B.2 variant); d = 16, a fixed training set of 1024 sequences, full-batch gradient descent
-   (SGD lr 2, float64), attention weights W_Q, W_K started at ``--init-attn`` 1e-5 and the outer weights
-   W_V, W1, W2 at ``--init-outer`` 0.03. Assumption 2 is measured; Thm 3's direction, growth rate,
-   alignment rate and time to leave the small regime are checked against F of §2.3;
+   paper's App. B.2 variant); d = 16, fresh batches of 4096 sequences every step (SGD lr 2 on the
+   population loss, float32), attention weights W_Q, W_K started at ``--init-attn`` 1e-5 and the outer
+   weights W_V, W1, W2 at ``--init-outer`` 0.03. Assumption 2 is measured; Thm 3's direction, growth rate,
+   alignment rate and time to leave the small regime are checked against the population F of §2.3, and
+   the alignment is recomputed with F on an independent fresh sample (``cr.stage2.alignment_fresh``);
 2. the equal-init run (every weight at 0.03, ``binary-equal``): the regime where the premise fails;
 3. the escape-time sweep: eps in {0.015, 0.02, 0.03, 0.045} x 2 seeds (fresh samples, SGD lr 2, batch
    512), escape = first step with loss < 0.9 x initial; log-log slope with a 95 % bootstrap interval;
 4. the anchor-function task (synonym variant) at ``--d-model`` (default 128) on the paper's 1-layer
-   model and on the nearest variant that can represent the map (docs/rank_collapse.md).
+   model and on the nearest variant that can represent the map (2 layers with a residual stream,
+   docs/rank_collapse.md), Fig. 1-2 panels with bands over seeds.
 Every check lands in ``OUT/checks.json`` (``sslens.analyses.checks``); report.html renders from it.
 """
 
@@ -28,9 +30,10 @@ from sslens.store import RunStore
 from sslens.train import TrainConfig, train
 
 EPS_SWEEP = (0.015, 0.02, 0.03, 0.045)
-N_TRAIN = 1024
+THEORY_BATCH = 4096  # fresh sequences per step (docs/rank_collapse.md: why not a fixed training set)
 THEORY_LR = 2.0
-TOL = {"alignment_tanh": 0.95, "alignment_noact": 0.98, "growth": 0.20, "decay": 0.30, "leave": 0.25,
+N_FRESH, FRESH_SEED = 2**19, 777  # the independent recomputation of cr.stage2.alignment
+TOL = {"fresh": 0.05, "alignment_tanh": 0.95, "alignment_noact": 0.98, "growth": 0.20, "decay": 0.30, "leave": 0.25,
        "attn_small": 0.01, "outer_angle": 0.1}
 
 
@@ -47,11 +50,12 @@ def binary_config(steps: int, eps: float = 0.03, seed: int = 0, batch: int = 102
     )
 
 
-def theory_config(steps: int, act: str, init_attn: float, init_outer: float, seed: int = 0, n_train: int = N_TRAIN,
-                  every: int = 10) -> TrainConfig:
-    """Stage 2 in its regime: full-batch GD on a fixed training set, separate init scales."""
-    return binary_config(steps, eps=init_outer, seed=seed, batch=n_train, lr=THEORY_LR, init_attn=init_attn,
-                         init_outer=init_outer, act=act, n_train=n_train, every=every)
+def theory_config(steps: int, act: str, init_attn: float, init_outer: float, seed: int = 0, batch: int = THEORY_BATCH,
+                  every: int = 10, n_train: int | None = None, dtype: str = "float32") -> TrainConfig:
+    """Stage 2 in its regime: separate init scales; fresh batches of ``batch`` every step (SGD on the
+    population loss, whose F is the population F), or with ``n_train`` full-batch GD on a fixed set."""
+    return binary_config(steps, eps=init_outer, seed=seed, batch=n_train or batch, lr=THEORY_LR, init_attn=init_attn,
+                         init_outer=init_outer, act=act, n_train=n_train, every=every, dtype=dtype)
 
 
 def _run(cfg: TrainConfig, d: Path, quiet: bool) -> Path:
@@ -111,8 +115,20 @@ def stage2_rows(ms: list[dict], runs: list[str], act: str) -> list[dict]:
 
     goal = TOL["alignment_tanh"] if act == "tanh" else TOL["alignment_noact"]
     row(f"cr.stage2.alignment{sfx}", "Thm 3: cos(W_Q W_K^T, u1 v1^T of F(t)) at the end of stage 2 (t_end = last "
-        f"checkpoint with score spread < {ms[0]['delta']})", [m["cos_QK_F"][m["i_end"]] for m in ms], 1.0, f">= {goal}",
-        lambda x: x >= goal)
+        f"checkpoint with score spread < {ms[0]['delta']}); F on {ms[0].get('F_sample', 'the training set')}",
+        [m.get("cos_end", m["cos_QK_F"][m["i_end"]]) for m in ms], 1.0, f">= {goal}", lambda x: x >= goal)
+    if ms[0].get("F_window") and len(ms[0]["F_window"]) > 1:
+        row(f"cr.stage2.alignment_instant{sfx}", "cos(W_Q W_K^T, u1 v1^T of F(t_end)) with F of the t_end checkpoint "
+            f"alone on the series sample ({ms[0]['n_series']} fresh sequences): SGD noise in the outer weights turns F's "
+            "top pair from checkpoint to checkpoint", [m["cos_QK_F"][m["i_end"]] for m in ms], "reported", "reported",
+            "reported")
+    if "cos_fresh" in ms[0]:
+        diffs = [abs(m["cos_fresh"] - m["cos_end"]) for m in ms]
+        row(f"cr.stage2.alignment_fresh{sfx}", f"cr.stage2.alignment{sfx} recomputed from the checkpoint at t_end with F "
+            f"on an independent sample of {ms[0]['n_fresh']} fresh sequences (seed {ms[0]['fresh_seed']}), same "
+            "checkpoints",
+            [m["cos_fresh"] for m in ms], _agg([m["cos_end"] for m in ms])[0], f"within {TOL['fresh']} of "
+            f"cr.stage2.alignment{sfx}", max(diffs) <= TOL["fresh"])
     why = " (F of (2.3.2) drops tanh': compare cr.stage2.growth_rate_G)" if act == "tanh" else ""
     row(f"cr.stage2.growth_rate{sfx}", f"Thm 3: d ln||W_Q||_F / d(lr x step) over the growth window / sigma1(F){why}",
         [m["growth_rate"] / m["sigma1_window"] for m in ms], 1.0, f"within {TOL['growth']:.0%}",
@@ -144,9 +160,6 @@ def stage2_rows(ms: list[dict], runs: list[str], act: str) -> list[dict]:
         [m["outer_angle_per_step_max"] for m in ms], "~0", "reported", "reported")
     row(f"cr.assumption2.grad_ratio{sfx}", "||dL/d outer|| / ||dL/d(W_Q, W_K)|| at t_end (outer weights at rest: << 1)",
         [m["grad_ratio_end"] for m in ms], "reported", "reported", "reported")
-    if "cos_population" in ms[0]:
-        row(f"cr.stage2.alignment_population{sfx}", "cos(W_Q W_K^T, u1 v1^T of F) with F on 65536 fresh sequences "
-            "(population F, not the training set's)", [m["cos_population"] for m in ms], "reported", "reported", "reported")
     return rows
 
 
@@ -188,7 +201,7 @@ def run(a: argparse.Namespace) -> int:
     import torch
 
     from sslens.analyses.checks import provenance, table_rows, write_checks
-    from sslens.analyses.rank_collapse import population_alignment, stage2, stage_metrics
+    from sslens.analyses.rank_collapse import alignment_fresh, stage2, stage_metrics
     from sslens.analyses.report import Report
     from sslens.store import atomic_write_json
 
@@ -210,7 +223,8 @@ def run(a: argparse.Namespace) -> int:
             d = _run(theory_config(a.steps, "tanh" if act == "tanh" else "none", a.init_attn, a.init_outer, seed=s),
                      out / name, a.quiet)
             m = stage2(d)
-            m["cos_population"] = population_alignment(d, m["t_end"])
+            m.update(cos_fresh=alignment_fresh(d, m["t_end"], m["F_window"], N_FRESH, FRESH_SEED), n_fresh=N_FRESH,
+                     fresh_seed=FRESH_SEED)
             atomic_write_json(d / "stage2.json", m)
             runs.append(name)
             ms.append(m)
@@ -220,7 +234,8 @@ def run(a: argparse.Namespace) -> int:
             rows += stage1_rows(stage_metrics(out / runs[0]), runs[0])
 
     rep.h2("2. Equal init: the premise fails")
-    d = _run(theory_config(a.steps, "tanh", a.init_outer, a.init_outer), out / "binary-equal", a.quiet)
+    # attention at 0.03 leaves the small regime by step ~150: 300 steps suffice
+    d = _run(theory_config(min(a.steps, 300), "tanh", a.init_outer, a.init_outer), out / "binary-equal", a.quiet)
     meq = stage2(d)
     atomic_write_json(d / "stage2.json", meq)
     rows += equal_init_rows(meq, "binary-equal")
@@ -313,63 +328,88 @@ def anchor_config(steps: int, d: int, seed: int = 0, scale: str = "small") -> Tr
     )
 
 
-def anchor_experiment(out: Path, a: argparse.Namespace) -> dict:
-    """The paper's model on the anchor task at ``--d-model`` over ``--anchor-seeds`` seeds: the stage
-    picture of the parameters (relative change, effective rank of both groups) with intervals over seeds.
-    The nearest variant that can represent the map is not trained yet (docs/rank_collapse.md)."""
-    from sslens.analyses.rank_collapse_report import analyze
+def variant_config(steps: int, d: int, seed: int = 0, scale: str = "small") -> TrainConfig:
+    """The nearest variant that can represent the anchor map (docs/rank_collapse.md "Anchor task at width"):
+    [CR]'s own small-init model (kind small_init_lm: 2 layers, 1 head each, residual stream, GeLU MLP, no
+    LayerNorm, every weight ~ N(0, d^-2 gamma), gamma 0.85 as the anchor model) on the same task."""
+    from sslens.models.rank_collapse import small_init_lm_config
 
-    runs, ms = [], []
-    for s in range(a.anchor_seeds):
-        name = f"anchor-d{a.d_model if a.scale == 'small' else 640}-s{s}"
-        d = _run(anchor_config(a.anchor_steps, a.d_model, seed=s, scale=a.scale), out / name, a.quiet)
-        ms.append(analyze(d))
-        runs.append(name)
-    regime = (f"paper's model (1 layer, 1 head, no residual), anchor synonym task, d_model "
-              f"{640 if a.scale == 'paper' else a.d_model}, AdamW, {a.anchor_steps} steps")
+    d, batch = (640, 1000) if scale == "paper" else (d, 128)
+    return TrainConfig(
+        model=small_init_lm_config(d_model=d, d_ff=2 * d, n_layers=2, d_vocab=201, n_ctx=10, gamma=0.85),
+        task={"kind": "anchor", "variant": "synonym"}, steps=steps, batch=batch, optimizer="adamw", lr={"*": 1e-2},
+        grad_clip=1.0, lr_schedule="warmup_cosine", warmup_steps=max(1, steps // 10), seed=seed,
+        checkpoint_every=max(1, steps // 30), record_n=0,
+    )
 
-    def row(id_, check, vals, predicted, tol, passed, steps):
+
+CHANCE = 1 / 96  # the target is one of 96 (+1) key tokens
+
+
+def anchor_rows(ms: list[dict], runs: list[str], prefix: str, regime: str, fits: bool = False) -> list[dict]:
+    """checks.json rows of one anchor model over seeds (median + [min, max]); ``fits``: the model can
+    represent the map, so its accuracy is checked against chance."""
+    def row(id_, check, vals, predicted, tol, passed, at="last"):
         meas, iv = _agg(vals)
-        r = {"id": id_, "check": check, "measured": meas, "predicted": predicted, "tolerance": tol,
-             "pass": passed(meas) if callable(passed) else passed, "regime": regime, **dict(zip(("run", "step"), _one(runs, steps)))}
+        steps = [m["steps"][-1] if at == "last" else m[at] for m in ms]
+        r = {"id": f"{prefix}.{id_}", "check": check, "measured": meas, "predicted": predicted, "tolerance": tol,
+             "pass": passed(meas) if callable(passed) else passed, "regime": regime,
+             **dict(zip(("run", "step"), _one(runs, steps)))}
         if iv is not None:
             r.update(interval=iv, n_seeds=len(vals))
         return r
 
-    last = [m["steps"][-1] for m in ms]
-    rows = [
-        row("cr.anchor.loss_end", "final training loss (CE at the last position; ln 96 = 4.56 is chance over keys)",
-            [m["loss"][-1] for m in ms], "reported", "reported", "reported", last),
-        row("cr.anchor.two_stages", "fraction of seeds with t1 < t2 (outer weights move before attention)",
-            [float(m["t1"] < m["t2"]) for m in ms], 1.0, "all seeds", lambda x: x == 1.0, last),
-        row("cr.anchor.qk_effective_rank", "effective rank of W_Q W_K^T at the end (start ~d)",
-            [m["effective_rank.QK"][-1] for m in ms], "small (rank collapse)", "reported", "reported", last),
+    i1 = [m["steps"].index(m["t1"]) for m in ms]
+    return [
+        row("loss_end", "final training loss (CE at the last position; ln 96 = 4.56: chance over keys)",
+            [m["loss"][-1] for m in ms], "reported", "reported", "reported"),
+        row("accuracy", "accuracy on 2048 fresh sequences at the last checkpoint (chance 1/96)",
+            [m["accuracy"] for m in ms], *(("well above chance", f"> {10 * CHANCE:.3f} (10 x chance)",
+                                            lambda x: x > 10 * CHANCE) if fits else ("reported",) * 3)),
+        row("two_stages", "fraction of seeds with t1 < t2 (outer weights reach half their change before W_Q, W_K)",
+            [float(m["t1"] < m["t2"]) for m in ms], 1.0, "all seeds", lambda x: x == 1.0),
+        row("attn_quiet_stage1", "relative change of W_Q, W_K at t1 / that of the outer weights (stage 1: attention "
+            "nearly still)", [m["rel_change_attn"][i] / max(m["rel_change_outer"][i], 1e-300) for m, i in zip(ms, i1)],
+            "< 1", "< 1", lambda x: x < 1, at="t1"),
+        row("qk_effective_rank", "effective rank of W_Q W_K^T (last layer) at the end / at step 0",
+            [m["effective_rank_QK"][-1] / m["effective_rank_QK"][0] for m in ms], "<< 1 (rank collapse)", "< 0.25",
+            lambda x: x < 0.25),
+        row("outer_effective_rank", "effective rank of W_in (first layer) at the end / at step 0 (condensation)",
+            [m["effective_rank_W_in"][-1] / m["effective_rank_W_in"][0] for m in ms], "< 1 (condensation)", "reported",
+            "reported"),
+        row("qk_subspace_stable", "mean |cos(u1_t, u1_t+1)| of W_Q W_K^T over the last third of checkpoints",
+            [float(np.mean(m["stability_QK"][-max(1, len(m["stability_QK"]) // 3):])) for m in ms],
+            "-> 1 (direction settled)", ">= 0.95", lambda x: x >= 0.95),
     ]
-    return {"rows": rows, "figures": [(anchor_figure(ms), f"Anchor task, paper's model, seeds {runs}: relative change "
-                                       "of both groups (dotted: median stage-2 onset t2) and effective ranks; "
-                                       "line = median, band = min..max over seeds")]}
 
 
-def anchor_figure(ms: list[dict]):
-    from matplotlib.figure import Figure
+def anchor_experiment(out: Path, a: argparse.Namespace) -> dict:
+    """The paper's model and the nearest variant that can represent the map on the anchor task at
+    ``--d-model`` over ``--anchor-seeds`` seeds: Fig. 1-2 panels with bands over seeds and cr.anchor.* rows
+    (docs/rank_collapse.md "Anchor task at width")."""
+    from sslens.analyses.anchor_stages import anchor_metrics, fig1, fig2
+    from sslens.store import atomic_write_json
 
-    fig = Figure(figsize=(10, 3.2), layout="constrained")
-    axes = fig.subplots(1, 2)
-    s = ms[0]["steps"]
-
-    def band(ax, key, label):
-        v = np.array([m[key] for m in ms])
-        ax.plot(s, np.median(v, 0), label=label)
-        ax.fill_between(s, v.min(0), v.max(0), alpha=0.25)
-
-    band(axes[0], "rel_change_outer", "outer (W_V, W1, W2)")
-    band(axes[0], "rel_change_attn", "attention (W_Q, W_K)")
-    axes[0].set_ylabel("||W_t - W_0||_F / ||W_0||_F")
-    axes[0].axvline(float(np.median([m["t2"] for m in ms])), color="k", ls=":", lw=1)
-    for key, label in (("effective_rank.QK", "W_Q W_K^T"), ("effective_rank.W_V", "W_V"), ("effective_rank.W1", "W1")):
-        band(axes[1], key, label)
-    axes[1].set_ylabel("effective rank")
-    for ax in axes:
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    return fig
+    d = 640 if a.scale == "paper" else a.d_model
+    rows, figures = [], []
+    models = (("cr.anchor", "anchor", anchor_config, a.anchor_steps,
+               "paper's model (1 layer, 1 head, no residual, tanh MLP, frozen embeddings)"),
+              ("cr.anchor.variant", "anchor2", variant_config, a.variant_steps,
+               "nearest variant that can represent the map (2 layers, residual, GeLU, small init)"))
+    for prefix, stem, make, steps, what in models:
+        runs, ms = [], []
+        for s in range(a.anchor_seeds):
+            name = f"{stem}-d{d}-s{s}"
+            _run(make(steps, a.d_model, seed=s, scale=a.scale), out / name, a.quiet)
+            ms.append(anchor_metrics(out / name))
+            atomic_write_json(out / name / "anchor_metrics.json", ms[-1])
+            runs.append(name)
+        regime = f"{what}, anchor synonym task, d_model {d}, AdamW, {steps} steps"
+        rows += anchor_rows(ms, runs, prefix, regime, fits=stem == "anchor2")
+        title = f"{what}, d_model {d}, seeds {len(ms)}"
+        figures += [(fig1(ms, title), f"Fig. 1 panels, {what}: relative change of both groups (dotted: median stage-2 "
+                     "onset t2), effective ranks, Frobenius norms; line = median, band = min..max over seeds"),
+                    (fig2(ms, title), f"Fig. 2 panels, {what}: adjacent-checkpoint stability of the top singular "
+                     "vectors (bands over seeds); seed 0's reordered cosine matrices of W_in's hidden units and W_Q's "
+                     "columns at step 0, t1, t2 and the last step")]
+    return {"rows": rows, "figures": figures}

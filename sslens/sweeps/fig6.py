@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from sslens.data.sequence_classes import SequenceClassSpec, syn_medium
+from sslens.data.sequence_classes import spec_from_dict, syn_medium
 from sslens.models.scan_snap import scan_snap_config
 from sslens.store import RunStore, atomic_write_text
 from sslens.sweeps.grid import run_points
@@ -52,7 +52,7 @@ def final_c(run_dir: Path):
     """Final c_n of a run (from its last checkpoint) and its spec."""
     store = RunStore(run_dir)
     tensors, _ = store.load_checkpoint()
-    spec = SequenceClassSpec.from_dict(store.read_config()["task"]["spec"])
+    spec = spec_from_dict(store.read_config()["task"]["spec"])
     Z = tensors["model.blocks.0.attn.W_Q"][0].double()
     return composition(Z, spec.P(), spec.queries), spec
 

@@ -478,10 +478,10 @@ def run_result(run_dir: Path) -> dict:
             row[k] = v
     if row["status"] in ("complete", "diverged") and config.get("model", {}).get("kind") == "scan_snap" \
             and config.get("task", {}).get("kind") == "sequence_classes" and store.checkpoint_steps():
-        from sslens.data.sequence_classes import SequenceClassSpec
+        from sslens.data.sequence_classes import spec_from_dict
         from sslens.theory.c_n import composition, distinct_entropy
 
-        spec = SequenceClassSpec.from_dict(config["task"]["spec"])
+        spec = spec_from_dict(config["task"]["spec"])
         Z = store.load_checkpoint()[0]["model.blocks.0.attn.W_Q"][0].double()
         row["entropy_distinct"] = distinct_entropy(composition(Z, spec.P(), spec.queries), spec.distinct).mean().item()
     if row["status"] == "failed":

@@ -51,9 +51,9 @@ def stage2_F(X: Float[Tensor, "n s d"], y: Float[Tensor, "n"], W_V: Tensor, W1: 
     yy = y.to(X.dtype)
     L1 = torch.exp(-yy * (X.mean(1) @ w))  # [n]
     Xc = X - X.mean(1, keepdim=True)
-    Mi = torch.einsum("nsd,nse->nde", Xc, Xc)  # [n, d, d]
-    left = torch.einsum("n,nd,e->nde", yy * L1, X[:, -1, :], w)  # X_{i,s}^T (w)^T: [n, d, d]
-    return torch.einsum("nde,nef->df", left, Mi) / (n * s * math.sqrt(d))
+    # X_{i,s}^T w^T M_i = X_{i,s}^T (M_i w)^T (M_i symmetric), M_i w = Xc_i^T (Xc_i w): O(n s d), no [n, d, d]
+    Mw = torch.einsum("nsd,ns->nd", Xc, Xc @ w)  # [n, d]
+    return torch.einsum("n,nd,ne->de", yy * L1, X[:, -1, :], Mw) / (n * s * math.sqrt(d))
 
 
 def rank_one_target(F: Tensor) -> Tensor:

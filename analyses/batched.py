@@ -1,0 +1,360 @@
+"""The series analysis of a directory of state dicts, batched over checkpoints (docs/theory.md §3.1).
+
+Same numbers as the per-checkpoint path (:func:`sslens.analyses.series.checkpoint_source` ->
+:func:`~sslens.analyses.series.analyze_states`, which stays the reference), computed chunk by chunk on stacked
+parameters ``[checkpoint, ...]`` with ONE model:
+
+- state dicts are read through a template: the first file is ``torch.load(weights_only=True)``-ed and its
+  layout checked; a later file whose pickle (``data.pkl``) is byte-identical has the same keys, shapes, dtypes
+  and storage records, so its tensors are read straight from those records (no unpickling); any other file
+  goes through ``torch.load(weights_only=True)``;
+- QK/OV singular values (``FactoredMatrix`` small SVDs), QK/OV eigenvalue scores, MLP condensation and relative
+  change run batched over checkpoints and heads, in the dtype the recorder uses (float32), then float64;
+- probe patterns come from one vmapped forward (``torch.func.functional_call`` + ``torch.func.vmap``) of the
+  model over the stacked parameters; entropy, detection scores and key-token mass from the same functions;
+- composition scores (models with > 1 layer) run per checkpoint (``head_metrics.composition_scores``).
+
+Handled only for plain HookedTransformers rebuilt from a config (``Series.files``) whose parameter names are
+the state dict's; everything else (sslens runs, sslens models with variant hooks, pretrained series, a run's
+task probe) takes the per-checkpoint path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import einops
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sslens.analyses import head_metrics as hm
+from sslens.analyses.series import HEAD_METRICS, SeriesResult, Views, is_repeated, repeated_random_tokens
+
+CHUNK = 128  # checkpoints per batch at most; fewer when a checkpoint's parameters and patterns are large
+CHUNK_BYTES = 2**30  # memory budget of one chunk (stacked parameters, probe patterns and their float64 copies)
+
+
+def supported(series, probe: Tensor | None = None) -> bool:
+    """True when ``series`` can take the batched path (see the module docstring)."""
+    return bool(getattr(series, "files", None)) and getattr(series, "task", None) is None
+
+
+class Unsupported(Exception):
+    """The series cannot take the batched path (the caller uses the per-checkpoint path)."""
+
+
+class _Done(Exception):
+    pass
+
+
+class StateDictReader:
+    """Reads ``torch.save`` state dicts that share the first file's pickle without unpickling them again."""
+
+    def __init__(self, first: Path, keys: list[str]):
+        from sslens.checkpoints import load_state_dict
+
+        sd = load_state_dict(first)
+        self.keys = [k for k in keys if k in sd]
+        self.template: bytes | None = None
+        self.layout: dict[str, tuple] = {}
+        try:
+            reader = torch._C.PyTorchFileReader(str(first))
+            order: dict[int, str] = {}
+            for k, t in sd.items():  # torch.save names storages "0", "1", ... in order of first use
+                order.setdefault(t.untyped_storage().data_ptr(), str(len(order)))
+                self.layout[k] = (order[t.untyped_storage().data_ptr()], t.dtype, t.storage_offset(),
+                                  tuple(t.shape), t.stride())
+            self.template = reader.get_record("data.pkl")
+            raw = self._raw(reader)
+            if not all(torch.equal(raw[k], sd[k]) for k in self.keys):
+                self.template = None
+        except (RuntimeError, ValueError, KeyError, AttributeError):  # AttributeError: a torch without the reader
+            self.template = None
+
+    def _raw(self, reader) -> dict[str, Tensor]:
+        out = {}
+        for k in self.keys:
+            key, dtype, offset, shape, stride = self.layout[k]
+            if 0 in shape:
+                out[k] = torch.empty(shape, dtype=dtype)
+                continue
+            buf = torch.frombuffer(bytearray(reader.get_record(f"data/{key}")), dtype=dtype)
+            out[k] = buf.as_strided(shape, stride, offset)
+        return out
+
+    def read(self, path: Path) -> tuple[dict[str, Tensor], bool]:
+        """(tensors of ``keys``, whether the file has the template's layout); else the full state dict."""
+        from sslens.checkpoints import load_state_dict
+
+        if self.template is not None:
+            try:
+                reader = torch._C.PyTorchFileReader(str(path))
+                if reader.get_record("data.pkl") == self.template:
+                    return self._raw(reader), True
+            except (RuntimeError, AttributeError):
+                pass  # truncated or not a zip: load_state_dict says which in one line
+        return load_state_dict(path), False
+
+
+def _check(sd: dict[str, Tensor], own: dict[str, tuple], name: str) -> None:
+    """The per-checkpoint path's checks (``sslens.checkpoints._model_from``): names and shapes."""
+    from sslens.errors import SslensError
+
+    for k, v in sd.items():
+        if k in own and own[k] != tuple(v.shape):
+            raise SslensError("checkpoint", f"{name}: {k} has shape {tuple(v.shape)}, the config gives {own[k]}",
+                              "a checkpoint matching the config")
+    missing = [k for k in own if k not in sd and not k.endswith(("IGNORE", "mask"))]
+    if missing:
+        more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise SslensError("checkpoint", f"{name}: missing {missing[0]}{more}", "a full state dict of this model")
+
+
+def _f32(x: Tensor) -> Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _kv(X: dict[str, Tensor], l: int, w: str, n_heads: int) -> Tensor:
+    """``W_K``/``W_V`` ``[ckpt, head, d_model, d_head]``, grouped-query ``_W_K``/``_W_V`` repeated to query heads."""
+    W = X[f"blocks.{l}.attn.{w}"] if f"blocks.{l}.attn.{w}" in X else X[f"blocks.{l}.attn._{w}"]
+    return W if W.shape[1] == n_heads else torch.repeat_interleave(W, n_heads // W.shape[1], dim=1)
+
+
+def patterns(model, params: dict[str, Tensor], tokens: Tensor) -> list[Tensor]:
+    """``hook_pattern`` of every layer ``[ckpt, probe, head, q, k]`` for stacked ``params`` ``[ckpt, ...]``.
+
+    One ``torch.func.vmap`` of ``torch.func.functional_call`` on ``model`` (its buffers are shared).
+    """
+    from torch.func import functional_call, vmap
+
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    tokens = tokens.to(model.cfg.device)
+
+    def forward(p: dict[str, Tensor]) -> tuple[Tensor, ...]:
+        got: dict[str, Tensor] = {}
+
+        def grab(x: Tensor, hook) -> None:
+            got[hook.name] = x
+            if hook.name == names[-1]:
+                raise _Done  # nothing after the last pattern is needed (last MLP, unembed)
+
+        try:
+            with model.hooks(fwd_hooks=[(n, grab) for n in names]):
+                functional_call(model, p, (tokens,), {"return_type": None})
+        except _Done:
+            pass
+        return tuple(got[n] for n in names)
+
+    with torch.no_grad():
+        return list(vmap(forward)(params))
+
+
+def _fold(pat: Tensor) -> Tensor:
+    return einops.rearrange(pat, "c b h q k -> b (c h) q k")
+
+
+def analyze_stacked(series, probe: Tensor | None = None, views: Views | None = None, progress: bool = True,
+                    seed: int = 0, chunk: int = CHUNK, threads: int = 2) -> SeriesResult:
+    """Every generic analysis over a checkpoint series of state dicts, batched (see the module docstring).
+
+    Runs with one intra-op thread: the batched small SVDs/QRs/eigendecompositions are LAPACK loops over the batch,
+    and with more threads on a shared machine their OpenMP barriers spin (measured 10-40x slower at load 7 on
+    2 cores). ``threads=2`` (default) instead overlaps each chunk's weight metrics (one Python thread) with its
+    probe forward (the calling thread); torch releases the GIL inside its kernels. ``threads=1``: one thread.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _analyze(series, probe, views, progress, seed, chunk, threads)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _analyze(series, probe, views, progress, seed, chunk, threads) -> SeriesResult:
+    from sslens import compat
+    from sslens.errors import require
+
+    views = views or Views()
+    steps = list(series.steps)
+    S = len(steps)
+    model = series.load_into(steps[0], None)  # built once; also checks the first checkpoint
+    cfg = model.cfg
+    names = list(compat.leaves(model))
+    params0 = dict(model.named_parameters())
+    if names != list(params0):
+        raise Unsupported("parameter names differ from the 3.x names")
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    meta = {"probe": "repeated random tokens" if probe is None else "given"}
+    if probe is None:
+        probe = repeated_random_tokens(cfg.d_vocab, cfg.n_ctx, seed=seed)
+    require(int(probe.max()) < cfg.d_vocab, "probe", f"token id {int(probe.max())} >= d_vocab {cfg.d_vocab}",
+            f"ids in [0, {cfg.d_vocab})")
+    probe = probe[:, : cfg.n_ctx]
+    rep = None if is_repeated(probe) else repeated_random_tokens(cfg.d_vocab, cfg.n_ctx, seed=seed)
+    L, H = cfg.n_layers, cfg.n_heads
+    k = min(cfg.d_model, cfg.d_head)
+    square = cfg.d_vocab == cfg.d_vocab_out
+
+    res = SeriesResult(name=series.name, steps=steps, notes=list(getattr(series, "notes", [])), meta=meta)
+    res.n_layers, res.n_heads, res.layer_ids, res.head_ids = L, H, list(range(L)), list(range(H))
+    res.head = {m: torch.full((S, L, H), float("nan"), dtype=torch.float64) for m in HEAD_METRICS}
+    res.probe = probe.clone()
+    vocab = torch.unique(res.probe)
+    res.key_tokens = vocab.tolist()
+    res.key_mass = torch.full((S, L, H, vocab.numel()), float("nan"), dtype=torch.float64)
+    dets = hm.detection_patterns(res.probe)
+    rep_dets = hm.detection_patterns(rep) if rep is not None else None
+    keep = set(views.resolve_steps(steps))
+    has_mlp = not cfg.attn_only and all(f"blocks.{l}.mlp.W_in" in params0 for l in range(L))
+    cond = torch.full((S, L), float("nan"), dtype=torch.float64)
+    comp = {m: torch.full((S, L, H, L, H), float("nan"), dtype=torch.float64) for m in "QKV"} if L > 1 else {}
+    rel = {n: torch.full((S,), float("nan"), dtype=torch.float64) for n in names}
+    W0 = {n: p.detach().float().clone() for n, p in params0.items()}
+    per_ckpt = 2 * sum(p.numel() * p.element_size() for p in params0.values()) \
+        + 6 * L * probe.numel() * H * probe.shape[-1] * 8  # patterns and what is computed from them
+    chunk = max(1, min(chunk, CHUNK_BYTES // per_ckpt))
+    reader = StateDictReader(series.files[steps[0]], list(own))
+    ok = torch.zeros(S, dtype=torch.bool)
+
+    @torch.no_grad()
+    def weights(X: dict[str, Tensor], rows: Tensor) -> None:
+        """Weight metrics of one chunk (a second thread overlaps them with the probe forward)."""
+        W_E = _f32(X["embed.W_E"])
+        G_E = W_E.transpose(-2, -1) @ W_E
+        M_UE = _f32(X["unembed.W_U"]) @ W_E if square else None
+        attn = []
+        for l in range(L):
+            W_Q, W_O = _f32(X[f"blocks.{l}.attn.W_Q"]), _f32(X[f"blocks.{l}.attn.W_O"])
+            W_K, W_V = _f32(_kv(X, l, "W_K", H)), _f32(_kv(X, l, "W_V", H))
+            attn.append((W_Q, W_K, W_V, W_O))
+            for c, (A, B) in (("QK", (W_Q, W_K.transpose(-1, -2))), ("OV", (W_V, W_O))):
+                for m, v in hm.rank_metrics(hm.factored_singular_values(A, B)[..., :k]).items():
+                    res.head[f"{c}.{m}"][rows, l] = v
+            # eigenvalues of W_E W_Q W_K^T W_E^T: those of W_K^T (W_E^T W_E) W_Q (d_head x d_head), as the recorder
+            res.head["qk_eig"][rows, l] = hm.eigenvalue_score(
+                torch.linalg.eigvals(W_K.transpose(-1, -2) @ G_E[:, None] @ W_Q))
+            if square:  # W_E W_V W_O W_U: those of W_O (W_U W_E) W_V
+                res.head["ov_eig"][rows, l] = hm.eigenvalue_score(torch.linalg.eigvals(W_O @ M_UE[:, None] @ W_V))
+            if has_mlp:
+                W_in = X[f"blocks.{l}.mlp.W_in"]
+                cond[rows, l] = condensation_index(W_in)
+                for j, i in enumerate(rows.tolist()):
+                    if i in (0, S - 1):
+                        res.neurons.setdefault(l, {})[steps[i]] = W_in[j].T.to(torch.float64).clone()
+        for j, i in enumerate(rows.tolist()):
+            if L > 1:
+                got = hm.composition_scores(*[torch.stack([a[q][j] for a in attn]) for q in range(4)])
+                for m, v in got.items():
+                    comp[m][i] = v
+        for n, v in X.items():  # the recorder's scores.rel_change: float32 norms
+            d = (v.float() - W0[n]).flatten(1).norm(dim=1)
+            n0 = W0[n].norm()
+            rel[n][rows] = (d / n0).to(torch.float64) if n0 > 0 else float("nan")
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1) if threads > 1 else None
+    bar = tqdm(total=S, disable=not progress, desc=f"analyze {series.name} (batched)", unit="step")
+    for lo in range(0, S, chunk):
+        idx = list(range(lo, min(S, lo + chunk)))
+        sds = []
+        for i in idx:
+            sd, same = reader.read(series.files[steps[i]])
+            if not same:
+                _check(sd, own, series.files[steps[i]].name)
+            sds.append(sd)
+        X = {n: torch.stack([sd[n] for sd in sds]).to(params0[n].dtype) for n in names}
+        del sds
+        finite = torch.ones(len(idx), dtype=torch.bool)
+        for n, v in X.items():  # max and min are finite iff every entry is (NaN propagates); no [ckpt, ...] mask
+            if v.is_floating_point() and v[0].numel():
+                finite &= torch.isfinite(v.flatten(1).amax(1)) & torch.isfinite(v.flatten(1).amin(1))
+        for j in (~finite).nonzero().flatten().tolist():  # a diverged state: its metrics stay NaN
+            bad = [n for n, v in X.items() if v.is_floating_point() and not bool(torch.isfinite(v[j]).all())]
+            res.notes.append(f"step {steps[idx[j]]}: non-finite values in {', '.join(bad[:3])}"
+                             f"{' ...' if len(bad) > 3 else ''}; its metrics are NaN")
+            for v in X.values():
+                v[j] = 0
+        good = finite.nonzero().flatten()
+        rows = torch.tensor(idx)[good]
+        ok[rows] = True
+        X = {n: v[good] for n, v in X.items()}
+        if not len(good):
+            bar.update(len(idx))
+            continue
+        fut = pool.submit(weights, X, rows) if pool is not None else None
+        if fut is None:
+            weights(X, rows)
+        with torch.no_grad():
+            pats = patterns(model, X, probe)
+            for l in range(L):
+                C = len(good)
+                folded = _fold(pats[l])
+                res.head["entropy"][rows, l] = hm.attention_entropy(folded).to(torch.float64).view(C, H)
+                res.key_mass[rows, l] = key_token_mass(pats[l], probe, vocab)
+                if rep is None:
+                    for name, v in detection_scores(pats[l], dets).items():
+                        res.head[name][rows, l] = v
+                for j, i in enumerate(rows.tolist()):
+                    if steps[i] in keep:
+                        res.patterns.setdefault(steps[i], {})[l] = pats[l][j, 0].float().clone()
+            if rep is not None:  # detection scores on the repeated-tokens probe (as the reference path)
+                rpats = patterns(model, X, rep)
+                for l in range(L):
+                    for name, v in detection_scores(rpats[l], rep_dets).items():
+                        res.head[name][rows, l] = v
+        if fut is not None:
+            fut.result()
+        bar.update(len(idx))
+    bar.close()
+    if pool is not None:
+        pool.shutdown()
+    if has_mlp:
+        cond[~ok] = float("nan")
+        res.layer = {"mlp_condensation": cond}
+    res.composition = comp
+    res.rel_change = {n: v for n, v in rel.items() if not torch.isnan(v).all()}
+    res.meta["eig_space"] = "recorded"
+    res.views = views
+    return res
+
+
+def detection_scores(pattern: Float[Tensor, "ckpt probe head q k"],
+                     dets: dict[str, Float[Tensor, "probe q k"]]) -> dict[str, Float[Tensor, "ckpt head"]]:
+    """:func:`sslens.analyses.head_metrics.detection_scores` batched over checkpoints.
+
+    Summed over the detection patterns' nonzero entries only (query positions without a target add no mass).
+    """
+    out = {}
+    for name, det in dets.items():
+        n = (det.sum(-1) > 0).sum()
+        b, q, k = det.nonzero(as_tuple=True)
+        mass = pattern.transpose(1, 2)[:, :, b, q, k].to(torch.float64) * det[b, q, k].to(torch.float64)  # [c, h, nnz]
+        out[name] = mass.sum(-1) / n if n > 0 else torch.full(mass.shape[:2], float("nan"), dtype=torch.float64)
+    return out
+
+
+def key_token_mass(pattern: Float[Tensor, "ckpt probe head q k"], tokens: Int[Tensor, "probe k"],
+                   vocab: Int[Tensor, " t"]) -> Float[Tensor, "ckpt head t"]:
+    """:func:`sslens.analyses.head_metrics.key_token_mass` batched over checkpoints."""
+    p = pattern.mean(3, dtype=torch.float64)  # [ckpt, probe, head, k]
+    idx = torch.searchsorted(vocab, tokens.to(vocab.dtype))
+    out = torch.zeros(*p.shape[:3], vocab.numel(), dtype=torch.float64)
+    out.scatter_add_(3, einops.repeat(idx, "b k -> c b h k", c=p.shape[0], h=p.shape[2]), p)
+    return out.mean(1)
+
+
+def condensation_index(W_in: Float[Tensor, "ckpt d_model d_mlp"]) -> Float[Tensor, " ckpt"]:
+    """:func:`sslens.analyses.head_metrics.condensation_index` batched over a leading dim ``[ckpt, d_model, d_mlp]``.
+
+    lambda_max of the neurons' cosine matrix Wn Wn^T equals that of the smaller Gram matrix Wn^T Wn (same nonzero
+    eigenvalues), so one d_model x d_model eigvalsh per checkpoint instead of d_mlp x d_mlp (float32 products:
+    relative error ~1e-7 against the float64 reference).
+    """
+    V = _f32(W_in.transpose(-2, -1))  # [ckpt, neuron, d_model]; the Gram product in float32, its eigvalsh in float64
+    Vn = V / V.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(V.dtype).tiny)
+    n, d = Vn.shape[-2:]
+    G = Vn.transpose(-2, -1) @ Vn if d <= n else Vn @ Vn.transpose(-2, -1)
+    return torch.linalg.eigvalsh(G.to(torch.float64))[..., -1] / n

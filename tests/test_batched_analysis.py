@@ -1,0 +1,127 @@
+"""The batched checkpoint-series analysis (analyses/batched.py) gives the per-checkpoint path's numbers.
+
+The per-checkpoint path (one model load + CircuitRecorder.record per checkpoint) is the reference. Tolerance:
+rel 1e-5, abs 1e-6 -- the reference computes singular values and eigenvalue scores in float32 (the recorder's
+dtype), the batched path the singular values in float64 (QR core) and eigenvalues without eigenvectors.
+"""
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from sslens.analyses import batched
+from sslens.analyses.checkpoints import analyze_series
+from sslens.checkpoints import open_series, save_config
+from sslens.cli import main
+from sslens.errors import SslensError
+
+CONFIGS = {
+    "ln_mlp": dict(n_layers=2, d_model=16, d_head=4, n_heads=2, d_mlp=32, d_vocab=40, n_ctx=12, act_fn="gelu",
+                   normalization_type="LN"),
+    "attn_only": dict(n_layers=2, d_model=16, d_head=4, n_heads=3, d_vocab=40, n_ctx=12, attn_only=True,
+                      normalization_type=None),
+    "rotary_rms_gqa_gated": dict(n_layers=2, d_model=16, d_head=4, n_heads=4, n_key_value_heads=2, d_mlp=32,
+                                 d_vocab=40, n_ctx=12, act_fn="silu", gated_mlp=True, normalization_type="RMS",
+                                 positional_embedding_type="rotary", rotary_dim=4),
+}
+TOL = dict(rel=1e-5, abs=1e-6)
+
+
+def write_series(d, fields, n=5, reorder_at=None):
+    """``n`` state dicts (``step_{i}.pt``) of a model whose weights drift; one saved with its keys in reverse order."""
+    model = HookedTransformer(HookedTransformerConfig(**fields, seed=0, device="cpu"))
+    save_config(model, d)
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        sd = model.state_dict()
+        if i == reorder_at:  # a different pickle: read through torch.load, not the template
+            sd = dict(reversed(list(sd.items())))
+        torch.save(sd, d / f"step_{i}.pt")
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def assert_same(a, b):
+    assert a.steps == b.steps and a.n_layers == b.n_layers and a.n_heads == b.n_heads
+    assert a.meta == b.meta and a.notes == b.notes and a.key_tokens == b.key_tokens
+    assert set(a.head) == set(b.head)
+    for m in b.head:
+        assert torch.isnan(a.head[m]).equal(torch.isnan(b.head[m])), m
+        assert a.head[m].nan_to_num() == pytest.approx(b.head[m].nan_to_num(), **TOL), m
+    assert set(a.composition) == set(b.composition)
+    for m in b.composition:
+        assert a.composition[m].nan_to_num() == pytest.approx(b.composition[m].nan_to_num(), **TOL), m
+    assert set(a.layer) == set(b.layer)
+    for m in b.layer:
+        assert a.layer[m].nan_to_num() == pytest.approx(b.layer[m].nan_to_num(), **TOL), m
+    assert sorted(a.rel_change) == sorted(b.rel_change)
+    for k in b.rel_change:
+        assert a.rel_change[k].nan_to_num() == pytest.approx(b.rel_change[k].nan_to_num(), **TOL), k
+    assert a.key_mass.nan_to_num() == pytest.approx(b.key_mass.nan_to_num(), **TOL)
+    assert {s: sorted(p) for s, p in a.patterns.items()} == {s: sorted(p) for s, p in b.patterns.items()}
+    for s in b.patterns:
+        for l in b.patterns[s]:
+            assert torch.equal(a.patterns[s][l], b.patterns[s][l])
+    assert {l: sorted(d) for l, d in a.neurons.items()} == {l: sorted(d) for l, d in b.neurons.items()}
+    for l in b.neurons:
+        for s in b.neurons[l]:
+            assert torch.equal(a.neurons[l][s], b.neurons[l][s])
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_batched_equals_the_per_checkpoint_path(name, tmp_path):
+    write_series(tmp_path, CONFIGS[name], reorder_at=2)
+    s = open_series(str(tmp_path))
+    assert batched.supported(s)
+    fast = batched.analyze_stacked(s, progress=False, chunk=2)  # 3 chunks: chunk boundaries are exercised
+    ref = analyze_series(s, progress=False, batched=False)
+    assert_same(fast, ref)
+    assert not torch.isnan(fast.head["QK.effective_rank"]).any() and fast.rel_change
+
+
+def test_a_given_probe_and_a_diverged_checkpoint(tmp_path):
+    """A non-repeated probe (detection scores from a second, repeated-tokens probe) and a NaN checkpoint."""
+    write_series(tmp_path, CONFIGS["ln_mlp"])
+    sd = torch.load(tmp_path / "step_3.pt", weights_only=True)
+    sd["blocks.1.attn.W_Q"][0, 0, 0] = float("nan")
+    torch.save(sd, tmp_path / "step_3.pt")
+    probe = torch.randint(0, 40, (3, 12), generator=torch.Generator().manual_seed(5))
+    s = open_series(str(tmp_path))
+    fast = batched.analyze_stacked(s, probe=probe, progress=False, threads=1)
+    ref = analyze_series(s, probe=probe, progress=False, batched=False)
+    assert torch.isnan(fast.head["entropy"][3]).all() and torch.isnan(fast.head["QK.stable_rank"][3]).all()
+    assert not torch.isnan(fast.head["prefix_matching"][4]).any()
+    assert [n for n in fast.notes if n.startswith("step 3: non-finite values in blocks.1.attn.W_Q")]
+    fast.notes = [n for n in fast.notes if not n.startswith("step 3")]  # the reference names recorder keys
+    ref.notes = [n for n in ref.notes if not n.startswith("step 3")]
+    assert_same(fast, ref)
+
+
+def test_condensation_index_from_the_small_gram_matrix():
+    W_in = torch.randn(3, 8, 20)
+    from sslens.analyses.head_metrics import condensation_index
+
+    got = batched.condensation_index(W_in)
+    assert got.tolist() == pytest.approx([condensation_index(W) for W in W_in], rel=1e-6)
+    parallel = torch.randn(8, 1) * torch.randn(1, 20).sign()  # every neuron on one line: index 1
+    assert batched.condensation_index(parallel[None]).item() == pytest.approx(1.0, rel=1e-6)
+
+
+def test_analyze_series_dispatches_to_the_batched_path_and_errors_stay_one_line(tmp_path, capsys):
+    d = tmp_path / "ck"
+    d.mkdir()
+    write_series(d, CONFIGS["ln_mlp"], n=3)
+    s = open_series(str(d))
+    got, fast = analyze_series(s, progress=False), batched.analyze_stacked(s, progress=False)
+    assert all(torch.equal(got.head[m].nan_to_num(), fast.head[m].nan_to_num()) for m in fast.head)
+    sd = torch.load(d / "step_2.pt", weights_only=True)
+    sd["blocks.0.mlp.W_in"] = torch.zeros(16, 33)
+    torch.save(sd, d / "step_2.pt")
+    with pytest.raises(SslensError, match=r"step_2.pt: blocks.0.mlp.W_in has shape \(16, 33\), the config gives \(16, 32\)"):
+        batched.analyze_stacked(open_series(str(d)), progress=False)
+    (d / "step_1.pt").write_bytes((d / "step_1.pt").read_bytes()[:300])
+    assert main(["analyze-checkpoints", str(d), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "step_1.pt is truncated" in err[0]
