@@ -21,25 +21,35 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import importlib.metadata as m; v = m.version('transformer-lens'); assert v.startswith('3.'), v"
 	touch $(STAMP)
 
-# TransformerLens 4.x (TransformerBridge) in a second venv: torch first, then transformer-lens 4.3, then sslens
-# without letting pip touch either (sslens allows transformer-lens>=3,<5).
+# TransformerLens 4.x (TransformerBridge) in a second venv: torch first, then transformer-lens 4.3, then sslens with
+# its test extras, both pins repeated so pip keeps them (sslens allows transformer-lens>=3,<5).
 VENV4  := .venv4
 PY4    := $(VENV4)/bin/python
 STAMP4 := $(VENV4)/.sslens-installed
 TL4    ?= transformer-lens==4.3.0
-# the 4.x-relevant subset: tests marked tl4 plus the model and trainer files that run unchanged on both lines
-TEST4  ?= tests/test_compat.py tests/test_scan_snap_model.py tests/test_rank_collapse_model.py tests/test_train.py
+# the 4.x subset (tests marked tl4 run on both lines): models equal their formulas, compat, checkpoints and run dirs of
+# either line (loaded, resumed, analysed), the recorder and series analysis on boot_native models, analyses that
+# touch attention internals, the count engine's run stores, a sweep grid, the tutorial notebook
+TEST4  ?= tests/test_compat.py tests/test_checkpoint_lines.py tests/test_readme.py tests/test_scan_snap_model.py \
+	tests/test_rank_collapse_model.py tests/test_train.py tests/test_qk_gradient.py tests/test_entropy_bound.py \
+	tests/test_engine.py::test_loss_and_gradients_equal_hooked_transformer \
+	tests/test_engine.py::test_engine_run_store_is_a_normal_run_store \
+	tests/test_sweep_grid.py::test_toml_spec_engine_and_hooked_runs_equal_direct_training \
+	tests/test_notebook.py
 
 venv4: $(STAMP4)
 
 $(STAMP4): pyproject.toml
 	test -x $(PY4) || $(PYTHON) -m venv $(VENV4)
+	# with .venv built (make test builds it first) and the same Python: start from hard links of its packages (no
+	# second torch unpacked; pip then swaps TransformerLens 3.9 for 4.3 and what 4.3 needs, replacing files, never
+	# editing them, so .venv is untouched); otherwise a fresh install
+	if [ -f $(STAMP) ] && [ "$$($(PY) -c 'import sys; print(sys.version)')" = "$$($(PY4) -c 'import sys; print(sys.version)')" ]; \
+		then cp -alf $(VENV)/lib/. $(VENV4)/lib/ || true; fi
 	$(PY4) -m pip install -q --upgrade pip
 	$(PY4) -m pip install -q $(TORCH)
 	$(PY4) -m pip install -q $(TL4)
-	$(PY4) -m pip install -q --no-deps -e .
-	$(PY4) -m pip install -q einops circuitsvis datasets safetensors jaxtyping tqdm numpy scipy matplotlib \
-		pytest build setuptools ruff beartype hypothesis psutil
+	$(PY4) -m pip install -q -e ".[test]" "$(TORCH)" "$(TL4)"
 	$(PY4) -c "import importlib.metadata as m; v = m.version('transformer-lens'); assert v.startswith('4.'), v"
 	touch $(STAMP4)
 
@@ -49,9 +59,11 @@ test4: $(STAMP4)
 demo: $(STAMP)
 	$(VENV)/bin/sslens reproduce scan-snap --out $(OUT)/ss
 
-test: $(STAMP)
+# the whole suite on the reference line (3.9), then the 4.x subset on 4.3 (CI: .ci/run calls make test)
+test: $(STAMP) $(STAMP4)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
+	$(PY4) -m pytest -q -p no:cacheprovider $(TEST4)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

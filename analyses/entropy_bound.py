@@ -29,6 +29,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from sslens import compat
 from sslens.analyses.qk_gradient import _attn_input_name, check_head_form, qk_product
 from sslens.compat import HookedModel as HookedTransformer  # the installed line's model class
 from sslens.errors import require
@@ -92,7 +93,7 @@ def head_entropy_bounds(model: HookedTransformer, tokens: Int[Tensor, "batch pos
         xc = (x[:, None, :, :] - mean) * causal[None, :, :, None]
         xc_norm = torch.linalg.matrix_norm(xc, ord=2)  # [b, q]
         xq = x.norm(dim=-1)  # [b, q]
-        scale = float(model.blocks[l].attn.attn_scale)
+        scale = compat.attn_scale(model, l)
         s = qk_norm[l][None, :, None] * (xq * xc_norm)[:, None, :] / scale
         sig.append(s)
         bnd.append(entropy_lower_bound(s, T[None, None, :]))

@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from sslens import compat
 from sslens.compat import HookedModel as HookedTransformer  # the installed line's model class
 from sslens.errors import SslensError, require
 
@@ -65,10 +66,15 @@ def qk_gradient(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], targ
     require(all(0 <= l < n for l in layers), "layers", f"got {layers}", f"indices in 0..{n - 1}")
     leaves: dict[int, Tensor] = {}
     xs: dict[int, Tensor] = {}
+    pats: dict[int, Tensor] = {}
+    # a zero probe added where the hook sits: dL/dprobe = dL/dS on 3.x's hook_attn_scores; on 4.x (whose scores
+    # hook discards edits) dL/dP on hook_pattern, and dL/dS = P * (dL/dP - sum_k P dL/dP) (the softmax's backward)
+    at = "hook_attn_scores" if compat.SCORES_EDITABLE else "hook_pattern"
 
     def score_hook(layer):
         def hook(s: Tensor, hook) -> Tensor:
-            leaves[layer] = torch.zeros_like(s, requires_grad=True)  # a zero probe: dL/dprobe = dL/dS
+            leaves[layer] = torch.zeros_like(s, requires_grad=True)
+            pats[layer] = s.detach()
             return s + leaves[layer]
         return hook
 
@@ -78,7 +84,7 @@ def qk_gradient(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], targ
             return x
         return hook
 
-    fwd = [(f"blocks.{l}.attn.hook_attn_scores", score_hook(l)) for l in layers]
+    fwd = [(f"blocks.{l}.attn.{at}", score_hook(l)) for l in layers]
     fwd += [(_attn_input_name(model, l), input_hook(l)) for l in layers]
     with torch.enable_grad():
         logits = model.run_with_hooks(tokens, fwd_hooks=fwd)
@@ -94,7 +100,10 @@ def qk_gradient(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], targ
         x = xs[l].double()
         g = torch.zeros_like(leaves[l]) if g is None else g
         g = torch.nan_to_num(g.double(), nan=0.0)  # masked (future) positions
-        scale = float(model.blocks[l].attn.attn_scale)
+        if not compat.SCORES_EDITABLE:  # g is dL/dP: through the softmax (masked keys have P = 0)
+            P = pats[l].double()
+            g = P * (g - (P * g).sum(-1, keepdim=True))
+        scale = compat.attn_scale(model, l)
         out.append(-torch.einsum("bhqk,bqd,bke->hde", g, x, x) / scale)
     return torch.stack(out)
 

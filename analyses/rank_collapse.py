@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sslens import compat
 from sslens.analyses import rank
 from sslens.analyses.condensation import mean_abs_cos, relative_change
 from sslens.errors import require
@@ -161,7 +162,7 @@ def _outer_grad_ratio(store: RunStore, step: int, chunks: list) -> float:
     from sslens.losses import last_token_exp
 
     model = store.load_model(step)
-    names = dict(model.named_parameters())
+    names = compat.leaves(model)  # 3.x names on both lines (4.x layouts there: the norms below are layout-free)
     attn = [names[n] for n in ("blocks.0.attn.W_Q", "blocks.0.attn.W_K")]
     outer = [p for n, p in names.items() if p.requires_grad and n not in ("blocks.0.attn.W_Q", "blocks.0.attn.W_K")]
     g = None

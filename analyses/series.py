@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sslens import compat
 from sslens.analyses import head_metrics as hm
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
@@ -101,7 +102,7 @@ def model_state(model, rec: dict[str, Tensor], first: dict[str, Tensor] | None,
                 right = O @ model.W_U.detach().to(torch.float64) if cfg.d_vocab_out == cfg.d_vocab else O
                 left = W_E @ V if cfg.d_vocab_out == cfg.d_vocab else V
                 out[f"scores.blocks.{l}.ov_eig"] = hm.eigenvalue_score(FactoredMatrix(left, right).eigenvalues)
-        params = {k: v.detach() for k, v in model.named_parameters()}
+        params = {k: v.detach() for k, v in compat.leaves(model).items()}  # 3.x names on both lines
         if not any(k.startswith("scores.rel_change.") for k in out) and first is not None:
             for k, v in params.items():
                 if v.ndim >= 2:
@@ -169,7 +170,7 @@ def checkpoint_source(series, probe: Tensor | None = None, seed: int = 0) -> Sta
                 rep = repeated_random_tokens(model.cfg.d_vocab, model.cfg.n_ctx, seed=seed)
             period = probe.shape[1] // 2 if is_repeated(probe) else None
             if first is None:  # W_0 of scores.rel_change: the first checkpoint's parameters
-                first = {k: v.detach().clone() for k, v in model.named_parameters()}
+                first = {k: v.detach().clone() for k, v in compat.leaves(model).items()}
             rec = CircuitRecorder(model, store=None, probe_tokens=probe, schedule=[], probe_period=period,
                                   reference=first, verbose=False).record(step)
             yield step, model_state(model, rec, first, rep)

@@ -1,17 +1,19 @@
-"""Ordered series of HookedTransformer checkpoints from anywhere, loaded without executing anything.
+"""Ordered series of TransformerLens model checkpoints from anywhere, loaded without executing anything.
 
 Sources (``open_series(path, ...)``):
 - an sslens run directory (``config.json`` + ``checkpoints/step_*.safetensors``);
-- a directory of TransformerLens state dicts (``torch.load(weights_only=True)``) named ``step_N.pt``,
+- a directory of TransformerLens state dicts (``torch.load(weights_only=True)``; 3.x names, or 4.x
+  ``TransformerBridge`` keys such as ``blocks.0.attn.q.weight``, read in 3.x names through sslens.compat) named ``step_N.pt``,
   ``checkpoint_N.pt``, ``ckpt_N.pt`` or ``N.pt`` (step N), or ``model_N.pt`` as ``transformer_lens.train`` writes
   them: it saves after optimizer step N+1 of an epoch and restarts N every epoch, so ``model_N.pt`` is read
   as step N+1 and a later epoch that overwrote the files is detected and reported (one note);
-  the config from ``--config`` JSON or the directory's ``config.json``: HookedTransformerConfig fields
-  (``cfg.to_dict()``, also ``json.dump(..., default=str)`` with dtype strings), or the form
+  the config from ``--config`` JSON or the directory's ``config.json``: HookedTransformerConfig or
+  TransformerBridgeConfig fields (``cfg.to_dict()`` of either line, also ``json.dump(..., default=str)`` with dtype strings), or the form
   :func:`save_config` writes for an sslens model (its model config: the model is rebuilt with its
   variant hooks; such a directory is never loaded as a plain HookedTransformer);
-- ``pretrained:NAME`` with ``checkpoint_indices``: ``HookedTransformer.from_pretrained(NAME,
-  checkpoint_index=i)`` from the local Hugging Face cache only (offline).
+- ``pretrained:NAME`` with ``checkpoint_indices``: ``compat.from_pretrained(NAME, i)`` from the local Hugging
+  Face cache only (offline).
+Models are built on the installed TransformerLens line (``compat.build_from_config``).
 Every failure is one line naming what is wrong: missing config, shape mismatch, truncated file,
 pickle-only file (refused by ``weights_only``).
 """
@@ -25,16 +27,17 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from sslens import compat
 from sslens.errors import SslensError, require
 from sslens.store import RunStore
 
 _PT_RE = re.compile(r"^(model_|step_|checkpoint_|ckpt_)?(\d+)\.(?:pt|pth|bin)$")
 _SSLENS_KEYS = ("sslens_model", "kind", "variants", "sslens_variants")
+HookedTransformer = Any  # the installed line's model (sslens.compat.model_class()); annotations only
 
 
 @dataclass
@@ -69,18 +72,19 @@ def _dtype(v):
     return v
 
 
-def config_fields(fields: dict, where: str = "config") -> HookedTransformerConfig:
-    """A HookedTransformerConfig (on CPU) from ``cfg.to_dict()``-style fields; dtype strings become dtypes."""
+def config_fields(fields: dict, where: str = "config") -> dict:
+    """Config fields (on CPU) for ``compat.build_from_config`` from either line's ``cfg.to_dict()``-style fields,
+    checked by building the installed line's config; dtype strings become dtypes."""
     named = [k for k in _SSLENS_KEYS if k in fields]
     if named:
         raise SslensError("config", f"{where} names sslens model settings ({', '.join(named)}); a plain "
                           "HookedTransformer rebuilt from it would lack their hooks, refused",
                           "the directory's own config.json written by sslens.checkpoints.save_config")
-    fields = {k: v for k, v in fields.items() if k in HookedTransformerConfig.__dataclass_fields__}
+    fields = dict(fields)
     if "dtype" in fields:
         fields["dtype"] = _dtype(fields["dtype"])
     try:
-        return HookedTransformerConfig(**{**fields, "device": "cpu"})
+        return compat.config_fields({**fields, "device": "cpu"})
     except (TypeError, ValueError, AssertionError) as e:
         raise SslensError("config", f"{where}: {(str(e).splitlines() or [type(e).__name__])[0]}",
                           "valid HookedTransformerConfig fields") from None
@@ -113,7 +117,7 @@ def save_config(model: HookedTransformer, directory: str | Path) -> Path:
     return d / "config.json"
 
 
-def hooked_config(path: str | Path) -> HookedTransformerConfig:
+def hooked_config(path: str | Path) -> dict:
     p = Path(path)
     return config_fields(_read_json(p), str(p.name))
 
@@ -135,23 +139,29 @@ def load_state_dict(path: Path) -> dict:
     return sd
 
 
-def _model_from(cfg: HookedTransformerConfig | Callable[[], HookedTransformer], sd: dict, name: str,
+def _model_from(cfg: dict | Callable[[], HookedTransformer], sd: dict, name: str,
                 model: HookedTransformer | None = None) -> HookedTransformer:
-    """Load state dict ``sd`` into ``model`` (built from ``cfg`` when None) after checking names and shapes."""
+    """Load state dict ``sd`` (3.x names, or 4.x keys converted through sslens.compat) into ``model`` (built from
+    ``cfg`` fields when None) after checking names and shapes in 3.x names and layouts."""
     if model is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            model = cfg() if callable(cfg) else HookedTransformer(cfg)
-    own = model.state_dict()
+        model = cfg() if callable(cfg) else compat.build_from_config(cfg)
+    try:
+        sd = compat.state_dict_to_3x(sd, model.cfg)
+    except KeyError as e:
+        raise SslensError("checkpoint", f"{name}: {e.args[0]}", "a state dict of a TransformerLens 3.x or 4.x model") from None
+    except (RuntimeError, ValueError) as e:  # einops: a 4.x weight whose shape does not fit the config's heads
+        raise SslensError("checkpoint", f"{name}: {(str(e).splitlines() or [type(e).__name__])[0][:160]}",
+                          "a checkpoint matching the config") from None
+    own = compat.params(model)
     for k, v in sd.items():
         if k in own and tuple(own[k].shape) != tuple(v.shape):
             raise SslensError("checkpoint", f"{name}: {k} has shape {tuple(v.shape)}, the config gives {tuple(own[k].shape)}",
                               "a checkpoint matching the config")
-    missing = [k for k in own if k not in sd and not k.endswith(("IGNORE", "mask"))]
+    missing = [k for k in own if k not in sd]
     if missing:
         more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
         raise SslensError("checkpoint", f"{name}: missing {missing[0]}{more}", "a full state dict of this model")
-    model.load_state_dict(sd, strict=False)
+    compat.load_state_dict_3x(model, sd, strict=False)
     return model
 
 
@@ -192,7 +202,9 @@ def open_series(path: str, config: str | None = None, checkpoint_indices: list[i
     def load_into(s: int, model: HookedTransformer | None = None) -> HookedTransformer:
         return _model_from(build, load_state_dict(by_step[s]), by_step[s].name, model)
 
-    files = dict(sorted(by_step.items())) if isinstance(build, HookedTransformerConfig) else None
+    # the batched analysis reads the files in 3.x names: not for 4.x (bridge-keyed) state dicts, read through compat
+    plain = isinstance(build, dict) and not compat.is_bridge_state_dict(load_state_dict(by_step[min(by_step)]))
+    files = dict(sorted(by_step.items())) if plain else None
     return Series(p.name, sorted(by_step), lambda s: load_into(s), load_into, notes, files)
 
 
@@ -248,11 +260,9 @@ def hf_cache_dir(repo: str) -> Path:
 def _pretrained(name: str, indices: list[int]) -> Series:
     """Offline only: the name and the local cache are checked before any loading (no network, no retries)."""
     require(bool(indices), "checkpoint_indices", "none given for a pretrained series", "one or more ints")
-    from transformer_lens.loading_from_pretrained import get_official_model_name
-
     allowed = "a model with checkpoints already downloaded to the Hugging Face cache"
     try:
-        repo = get_official_model_name(name)
+        repo = compat.official_model_name(name)
     except ValueError:
         raise SslensError("pretrained", f"{name!r} is not a TransformerLens model name",
                           "a name of transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES") from None
@@ -268,7 +278,7 @@ def _pretrained(name: str, indices: list[int]) -> Series:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return HookedTransformer.from_pretrained(name, checkpoint_index=i, device="cpu")
+                return compat.from_pretrained(name, i, device="cpu")
         except Exception as e:  # noqa: BLE001 - any loader failure is reported in one line
             raise SslensError("pretrained", f"{name} checkpoint {i} is not in the local cache ({type(e).__name__})",
                               allowed) from None

@@ -6,10 +6,13 @@ around ``nn.Linear`` modules). Everything else in sslens speaks 3.x names and la
 
 - :data:`TL_MAJOR`, :func:`model_class`, :func:`is_hooked_model`: which line, which model type;
 - :func:`build_from_config`: a model from ``HookedTransformerConfig`` fields (``boot_native`` on 4.x);
+  :func:`config_fields`: either line's ``cfg.to_dict()`` as the installed line's fields;
+  :func:`from_pretrained`: a pretrained model's training checkpoint;
 - :func:`attn_scale` / :func:`set_attn_scale`: the number attention scores are divided by;
 - :func:`params` (3.x name -> tensor in 3.x layout; a writable view on 4.x), :func:`leaves` (3.x name ->
   the real ``nn.Parameter``), :func:`grads`, :func:`name_map` (3.x name -> ``named_parameters`` name);
 - :func:`state_dict_3x` / :func:`load_state_dict_3x`: state dicts in 3.x names and layouts on both lines;
+  :func:`state_dict_to_3x`: a state dict of either line (4.x ``nn.Linear`` keys) in 3.x names and layouts;
 - :func:`mask_attention`: exclude (query, key) pairs from attention (on ``hook_attn_scores`` in 3.x;
   4.x's ``hook_attn_scores`` holds the pattern and discards edits, so there ``hook_pattern`` is masked
   and renormalised, the same softmax over the remaining keys).
@@ -31,6 +34,8 @@ from torch import Tensor
 
 TL_VERSION: str = _dist_version("transformer-lens")
 TL_MAJOR: int = int(TL_VERSION.split(".")[0])
+#: whether edits at ``hook_attn_scores`` reach the softmax: 3.x; 4.x's hook holds the pattern and discards edits
+SCORES_EDITABLE: bool = TL_MAJOR < 4
 
 
 def model_class() -> type:
@@ -92,6 +97,65 @@ def build_from_config(cfg: dict) -> Any:
     return model
 
 
+def config_class() -> type:
+    """``HookedTransformerConfig`` on 3.x, ``TransformerBridgeConfig`` on 4.x."""
+    if TL_MAJOR < 4:
+        from transformer_lens import HookedTransformerConfig
+
+        return HookedTransformerConfig
+    from transformer_lens import TransformerBridgeConfig
+
+    return TransformerBridgeConfig
+
+
+def config_fields(fields: dict) -> dict:
+    """The fields of ``fields`` (``cfg.to_dict()`` of either line) that the installed line's config takes.
+
+    Checked by building that config (TypeError/ValueError/AssertionError as its constructor raises them).
+    The result is what :func:`build_from_config` takes; a 3.x ``cfg.to_dict()`` builds a 4.x model and the
+    other way round (line-only fields such as 4.x's ``architecture`` are dropped).
+    """
+    import dataclasses
+
+    cls = config_class()
+    names = {f.name for f in dataclasses.fields(cls)}
+    out = {k: v for k, v in fields.items() if k in names and k != "architecture"}
+    if TL_MAJOR < 4:
+        if out.get("default_padding_side", "right") is None:  # 4.x writes None; 3.x wants a side
+            out.pop("default_padding_side")
+        cls(**out)
+    else:
+        probe = {k: v for k, v in out.items() if k not in ("use_attn_scale", "attn_scale", "model_name")}
+        if probe.get("act_fn", "relu") is None:
+            probe["act_fn"] = "relu"
+        cls(**probe)
+    return out
+
+
+def official_model_name(name: str) -> str:
+    """TransformerLens's official name for ``name`` (an alias such as ``pythia-14m``); ``ValueError`` if unknown."""
+    if TL_MAJOR < 4:
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+    else:
+        from transformer_lens.supported_models import get_official_model_name
+    return get_official_model_name(name)
+
+
+def from_pretrained(name: str, checkpoint_index: int, device: str = "cpu") -> Any:
+    """Training checkpoint ``checkpoint_index`` of a pretrained model.
+
+    ``HookedTransformer.from_pretrained`` on 3.x (weights processed as TransformerLens does),
+    ``TransformerBridge.boot_transformers`` on 4.x (raw HF weights).
+    """
+    if TL_MAJOR < 4:
+        from transformer_lens import HookedTransformer
+
+        return HookedTransformer.from_pretrained(name, checkpoint_index=checkpoint_index, device=device)
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return TransformerBridge.boot_transformers(official_model_name(name), checkpoint_index=checkpoint_index, device=device)
+
+
 def _attn_module(model: Any, layer: int) -> Any:
     return model.blocks[layer].attn._original_component
 
@@ -133,7 +197,7 @@ def _to3(key: str, t: Tensor, cfg: Any) -> tuple[str, Tensor]:
         return "pos_embed.W_pos", t
     if mod == "unembed":
         return ("unembed.W_U", t.T) if leaf == "weight" else ("unembed.b_U", t)
-    if base.endswith(".attn"):
+    if base.endswith(".attn") and sub in ("q", "k", "v", "o"):
         n = H if sub in ("q", "o") else KV
         if sub == "o":
             return (f"{base}.W_O", einops.rearrange(t, "m (n h) -> n h m", n=H)) if leaf == "weight" else (f"{base}.b_O", t)
@@ -240,6 +304,22 @@ def to_bridge_state_dict(sd: dict[str, Tensor], cfg: Any) -> dict[str, Tensor]:
     from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
 
     return convert_tl_checkpoint(sd, cfg)
+
+
+def is_bridge_state_dict(sd: dict[str, Tensor]) -> bool:
+    """Whether ``sd`` uses 4.x ``nn.Linear`` keys (``embed.weight``, ``blocks.0.attn.q.weight``) rather than 3.x names."""
+    return any(k == "embed.weight" or k.endswith((".attn.q.weight", ".mlp.in.weight")) for k in sd)
+
+
+def state_dict_to_3x(sd: dict[str, Tensor], cfg: Any) -> dict[str, Tensor]:
+    """A state dict of either line in 3.x names and layouts (a 3.x one is returned as it is); on both lines.
+
+    ``cfg`` gives ``n_heads`` (and ``n_key_value_heads``), e.g. the model's ``cfg``. A 4.x key with no 3.x
+    name raises ``KeyError`` naming it.
+    """
+    if not is_bridge_state_dict(sd):
+        return dict(sd)
+    return dict(_to3(k, t, cfg) for k, t in sd.items())
 
 
 def load_state_dict_3x(model: Any, sd: dict[str, Tensor], strict: bool = True) -> None:

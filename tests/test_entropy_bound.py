@@ -4,10 +4,12 @@ import math
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from sslens import compat
 from sslens.analyses.entropy_bound import entropy, entropy_lower_bound, entropy_series, extremal_logits, head_entropy_bounds
 from sslens.errors import SslensError
+
+pytestmark = pytest.mark.tl4
 
 
 def test_bound_is_formula_3_4_2_and_tight_at_the_extremal_logits():
@@ -35,11 +37,11 @@ def test_bound_below_entropy_of_random_logits(gen):
         assert slack[:1000].min().item() < 0.05 * math.log(T)  # the near-extremal rows come close
 
 
-def _model(**kw) -> HookedTransformer:
+def _model(**kw):
     cfg = dict(n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=16, d_vocab=11, n_ctx=6, act_fn="relu",
                normalization_type="LN", dtype=torch.float64, seed=3)
     cfg.update(kw)
-    return HookedTransformer(HookedTransformerConfig(**cfg))
+    return compat.build_from_config(cfg)  # HookedTransformer on 3.x, TransformerBridge.boot_native on 4.x
 
 
 def test_head_bounds_hold_on_a_model_and_the_paper_form_is_looser(gen):

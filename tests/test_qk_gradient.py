@@ -1,21 +1,24 @@
-"""The exact QK gradient G = -dL/d(W_Q W_K^T) (docs/theory.md §2.3, (2.3.4)) on real HookedTransformers."""
+"""The exact QK gradient G = -dL/d(W_Q W_K^T) (docs/theory.md §2.3, (2.3.4)) on real models of the installed
+TransformerLens line (HookedTransformer / TransformerBridge; `make test4`)."""
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from sslens import compat
 from sslens.analyses.qk_gradient import alignment, alignment_series, qk_gradient, qk_product
 from sslens.errors import SslensError
 from sslens.losses import all_token_ce, last_token_exp
 from sslens.models.rank_collapse import rank_collapse
 from sslens.theory.rank_collapse import stage2_F
 
+pytestmark = pytest.mark.tl4
 
-def _tiny(**kw) -> HookedTransformer:
+
+def _tiny(**kw):
     cfg = dict(n_layers=2, d_model=12, n_heads=2, d_head=6, d_mlp=24, d_vocab=17, n_ctx=7, act_fn="gelu",
                normalization_type="LN", dtype=torch.float64, seed=0)
     cfg.update(kw)
-    return HookedTransformer(HookedTransformerConfig(**cfg))
+    return compat.build_from_config(cfg)  # HookedTransformer on 3.x, TransformerBridge.boot_native on 4.x
 
 
 def test_G_is_minus_dL_dA_by_the_chain_rule(gen):
@@ -25,8 +28,9 @@ def test_G_is_minus_dL_dA_by_the_chain_rule(gen):
     G = qk_gradient(model, tokens)
     assert G.shape == (2, 2, 12, 12)
     loss = all_token_ce(model(tokens), tokens)
-    params = [p for l in range(2) for p in (model.blocks[l].attn.W_Q, model.blocks[l].attn.W_K)]
-    grads = torch.autograd.grad(loss, params)
+    names = [f"blocks.{l}.attn.{w}" for l in range(2) for w in ("W_Q", "W_K")]
+    leaves = compat.leaves(model)  # the real parameters (4.x: nn.Linear weights), gradients viewed in 3.x layouts
+    grads = [compat.layout_3x(model, n, g) for n, g in zip(names, torch.autograd.grad(loss, [leaves[n] for n in names]))]
     for l in range(2):
         W_Q, W_K = model.blocks[l].attn.W_Q.detach(), model.blocks[l].attn.W_K.detach()
         gQ = -torch.einsum("hde,hek->hdk", G[l], W_K)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from tqdm.auto import tqdm
 
+from sslens import compat
 from sslens.engine.grad import loss_and_grads
 from sslens.engine.optim import BatchedOptimizer, per_run
 from sslens.engine.sampler import CountBatch, Supports
@@ -213,8 +214,9 @@ def _write_store(store: RunStore, cfg: TrainConfig, model: HookedTransformer | N
             continue
         if rec is not None:
             with torch.no_grad():
-                model.blocks[0].attn.W_Q[0].copy_(Z)
-                model.unembed.W_U.copy_(Y)
+                P = compat.params(model)  # 3.x layouts; writable views on 4.x
+                P[W_Q][0].copy_(Z)
+                P[W_U].copy_(Y)
             rec.record(step)
         if step in keep:
             tensors = {**frozen, f"model.{W_Q}": Z[None].contiguous(), f"model.{W_U}": Y.contiguous()}
