@@ -159,3 +159,26 @@ def test_support_form_equals_dense_counts(gen):
     gs = torch.autograd.grad(sparse.sum(), [Z, Y])
     assert torch.allclose(dense, sparse, atol=1e-12)
     assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(gd, gs))
+
+
+def test_engine_flushes_a_group_once_before_any_complete(tmp_path, monkeypatch):
+    """Stores are written without per-file fsync, flushed by one os.sync, and only then marked COMPLETE (a power
+    loss mid-write leaves no COMPLETE on an unflushed run); a store written without recording loads as a model."""
+    import os
+
+    s = syn_small(T=24)
+    cfgs = [cfg(s, 3, 1.0, r, dtype="float32", steps=5) for r in (1.0, 2.0)]
+    outs = [tmp_path / "a", tmp_path / "b"]
+    fsyncs, syncs = [], []
+    real_fsync, real_sync = os.fsync, os.sync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "sync", lambda: (syncs.append([(d / "COMPLETE").exists() for d in outs]
+                                                          + [(d / "metrics.jsonl").exists() for d in outs]), real_sync())[1])
+    res = train_many(cfgs, outs, progress=False)
+    assert syncs == [[False, False, True, True]]  # one sync, after the files and before any COMPLETE
+    assert len(fsyncs) == len(outs)  # one fsync per COMPLETE marker, none for the other files
+    for r, d in zip(res, outs):
+        store = RunStore(d)
+        assert store.complete and store.checkpoint_steps() == [0, 5]
+        assert torch.equal(store.load_model().blocks[0].attn.W_Q[0], r["Z"])
+
