@@ -34,6 +34,8 @@ from sslens.analyses.series import HEAD_METRICS, SeriesResult, Views, is_repeate
 
 CHUNK = 128  # checkpoints per batch at most; fewer when a checkpoint's parameters and patterns are large
 CHUNK_BYTES = 2**30  # memory budget of one chunk (stacked parameters, probe patterns and their float64 copies)
+BUFFERS = (".mask", ".IGNORE", ".rotary_sin", ".rotary_cos")  # HookedTransformer buffers in a state dict
+WEIGHT_METRICS = [f"{c}.{m}" for c in ("QK", "OV") for m in hm.RANK_METRICS] + ["qk_eig", "ov_eig"]
 
 
 def supported(series, probe: Tensor | None = None) -> bool:
@@ -155,30 +157,232 @@ def _fold(pat: Tensor) -> Tensor:
     return einops.rearrange(pat, "c b h q k -> b (c h) q k")
 
 
+def chunk_size(param_bytes: int, n_layers: int, n_heads: int, probe_shape: tuple[int, int], chunk: int = CHUNK) -> int:
+    """Checkpoints per batch: at most ``chunk``, within :data:`CHUNK_BYTES`.
+
+    The budget holds the stacked parameters twice, the probe patterns and what is computed from them.
+    """
+    per_ckpt = 2 * param_bytes + 6 * n_layers * probe_shape[0] * probe_shape[1] * n_heads * probe_shape[1] * 8
+    return max(1, min(chunk, CHUNK_BYTES // per_ckpt))
+
+
+def default_probe_shape(n_ctx: int) -> tuple[int, int]:
+    """The shape of :func:`sslens.analyses.series.repeated_random_tokens` ``(d_vocab, n_ctx)``."""
+    return 4, 2 * max(1, min(32, n_ctx // 2))
+
+
+def _chunks(reader: StateDictReader, files: list[Path], names: list[str], dtypes: dict[str, torch.dtype], chunk: int,
+            check=None, notes: list[str] | None = None, steps: list[int] | None = None):
+    """``(indices, stacked parameters of the finite states [ckpt, ...], their rows)`` per chunk of ``files``.
+
+    ``check(sd, name)`` checks a file read without the template; a state with a non-finite value is left out
+    (its metrics stay NaN) and named in ``notes``.
+    """
+    S = len(files)
+    for lo in range(0, S, chunk):
+        idx = list(range(lo, min(S, lo + chunk)))
+        sds = []
+        for i in idx:
+            sd, same = reader.read(files[i])
+            if not same and check is not None:
+                check(sd, files[i].name)
+            sds.append(sd)
+        X = {n: torch.stack([sd[n] for sd in sds]).to(dtypes[n]) for n in names}
+        del sds
+        finite = torch.ones(len(idx), dtype=torch.bool)
+        for n, v in X.items():  # max and min are finite iff every entry is (NaN propagates); no [ckpt, ...] mask
+            if v.is_floating_point() and v[0].numel():
+                finite &= torch.isfinite(v.flatten(1).amax(1)) & torch.isfinite(v.flatten(1).amin(1))
+        for j in (~finite).nonzero().flatten().tolist():  # a diverged state: its metrics stay NaN
+            if notes is not None:
+                bad = [n for n, v in X.items() if v.is_floating_point() and not bool(torch.isfinite(v[j]).all())]
+                notes.append(f"step {steps[idx[j]]}: non-finite values in {', '.join(bad[:3])}"
+                             f"{' ...' if len(bad) > 3 else ''}; its metrics are NaN")
+            for v in X.values():
+                v[j] = 0
+        good = finite.nonzero().flatten()
+        yield idx, {n: v[good] for n, v in X.items()}, torch.tensor(idx)[good]
+
+
+class WeightMetrics:
+    """The metrics of a series that need only its weights, filled chunk by chunk (no model, no TransformerLens).
+
+    QK/OV rank metrics and eigenvalue scores ``head`` ``[ckpt, layer, head]``, MLP condensation ``cond``
+    ``[ckpt, layer]``, the first and last state's neurons ``neurons[layer][row]``, composition ``comp``
+    ``[ckpt, layer, head, layer, head]`` (more than one layer), relative change ``rel[param]`` ``[ckpt]``, and
+    which rows were finite ``ok``.
+    """
+
+    def __init__(self, S: int, dims: tuple[int, int, int, bool, bool], W0: dict[str, Tensor]):
+        self.S, self.dims = S, dims
+        L, H, _, _, _ = dims
+        self.head = {m: torch.full((S, L, H), float("nan"), dtype=torch.float64) for m in WEIGHT_METRICS}
+        self.cond = torch.full((S, L), float("nan"), dtype=torch.float64)
+        self.neurons: dict[int, dict[int, Tensor]] = {}
+        self.comp = {m: torch.full((S, L, H, L, H), float("nan"), dtype=torch.float64) for m in "QKV"} if L > 1 else {}
+        self.rel = {n: torch.full((S,), float("nan"), dtype=torch.float64) for n in W0}
+        self.W0 = W0
+        self.ok = torch.zeros(S, dtype=torch.bool)
+
+    @torch.no_grad()
+    def update(self, X: dict[str, Tensor], rows: Tensor) -> None:
+        """The metrics of the finite states ``X`` (``[ckpt, ...]``) at ``rows``."""
+        L, H, k, square, has_mlp = self.dims
+        S = self.S
+        self.ok[rows] = True
+        if not len(rows):
+            return
+        W_E = _f32(X["embed.W_E"])
+        G_E = W_E.transpose(-2, -1) @ W_E
+        M_UE = _f32(X["unembed.W_U"]) @ W_E if square else None
+        attn = []
+        for l in range(L):
+            W_Q, W_O = _f32(X[f"blocks.{l}.attn.W_Q"]), _f32(X[f"blocks.{l}.attn.W_O"])
+            W_K, W_V = _f32(_kv(X, l, "W_K", H)), _f32(_kv(X, l, "W_V", H))
+            attn.append((W_Q, W_K, W_V, W_O))
+            for c, (A, B) in (("QK", (W_Q, W_K.transpose(-1, -2))), ("OV", (W_V, W_O))):
+                for m, v in hm.rank_metrics(hm.factored_singular_values(A, B)[..., :k]).items():
+                    self.head[f"{c}.{m}"][rows, l] = v
+            # eigenvalues of W_E W_Q W_K^T W_E^T: those of W_K^T (W_E^T W_E) W_Q (d_head x d_head), as the recorder
+            self.head["qk_eig"][rows, l] = hm.eigenvalue_score(
+                torch.linalg.eigvals(W_K.transpose(-1, -2) @ G_E[:, None] @ W_Q))
+            if square:  # W_E W_V W_O W_U: those of W_O (W_U W_E) W_V
+                self.head["ov_eig"][rows, l] = hm.eigenvalue_score(torch.linalg.eigvals(W_O @ M_UE[:, None] @ W_V))
+            if has_mlp:
+                W_in = X[f"blocks.{l}.mlp.W_in"]
+                self.cond[rows, l] = condensation_index(W_in)
+                for j, i in enumerate(rows.tolist()):
+                    if i in (0, S - 1):
+                        self.neurons.setdefault(l, {})[i] = W_in[j].T.to(torch.float64).clone()
+        for j, i in enumerate(rows.tolist()):
+            if L > 1:
+                got = hm.composition_scores(*[torch.stack([a[q][j] for a in attn]) for q in range(4)])
+                for m, v in got.items():
+                    self.comp[m][i] = v
+        for n, v in X.items():  # the recorder's scores.rel_change: float32 norms
+            d = (v.float() - self.W0[n]).flatten(1).norm(dim=1)
+            n0 = self.W0[n].norm()
+            self.rel[n][rows] = (d / n0).to(torch.float64) if n0 > 0 else float("nan")
+
+
+def _dims(X: dict[str, Tensor], n_layers: int | None = None) -> tuple[int, int, int, bool, bool]:
+    """(layers, heads, min(d_model, d_head), d_vocab_out == d_vocab, every layer has mlp.W_in) from parameters."""
+    L = n_layers if n_layers is not None else sum(1 for n in X if n.endswith(".attn.W_Q"))
+    W_Q = X["blocks.0.attn.W_Q"]
+    return (L, W_Q.shape[-3], min(W_Q.shape[-2], W_Q.shape[-1]), X["unembed.W_U"].shape[-1] == X["embed.W_E"].shape[-2],
+            all(f"blocks.{l}.mlp.W_in" in X for l in range(L)))
+
+
+def weights_of_files(files: list[Path], probe_shape: tuple[int, int] | None, n_ctx: int) -> dict:
+    """:class:`WeightMetrics` of ``files``, read and chunked as :func:`analyze_stacked` does.
+
+    Also returns what :func:`analyze_stacked` checks before using them (names, dtypes, first parameters, chunk
+    size); runs in :class:`WeightsJob`'s child.
+    """
+    from sslens.checkpoints import load_state_dict
+
+    sd = load_state_dict(files[0])
+    names = [n for n in sd if not n.endswith(BUFFERS) and sd[n].is_floating_point()]
+    reader = StateDictReader(files[0], names)
+    dtypes = {n: sd[n].dtype for n in names}
+    W0 = {n: sd[n].float().clone() for n in names}
+    dims = _dims(W0)
+    chunk = chunk_size(sum(sd[n].numel() * sd[n].element_size() for n in names), dims[0], dims[1],
+                       probe_shape or default_probe_shape(n_ctx))
+    w = WeightMetrics(len(files), dims, W0)
+    for _, X, rows in _chunks(reader, files, names, dtypes, chunk):
+        w.update(X, rows)
+    w.W0 = None  # the parent compares its own first parameters with these
+    return {"files": list(files), "names": names, "dtypes": dtypes, "chunk": chunk, "W0": W0, "weights": w}
+
+
+class WeightsJob:
+    """:func:`weights_of_files` in a forked process (``sslens.procs.Forked``).
+
+    Started before TransformerLens is imported (seconds), so the weight metrics run on the second core
+    meanwhile; :func:`analyze_stacked` uses its result when it was computed from the same files in the same
+    way, else computes them itself.
+    """
+
+    def __init__(self, files: list[Path], probe_shape: tuple[int, int] | None, n_ctx: int):
+        from sslens.procs import Forked
+
+        self.files = list(files)
+        self.used = False
+        self.proc = Forked(weights_of_files, self.files, probe_shape, n_ctx)
+
+    def result(self) -> dict | None:
+        """The child's result (None when it failed)."""
+        return self.proc.result()
+
+    def close(self) -> None:
+        """Stop the child if it still runs."""
+        self.proc.close()
+
+    def __enter__(self) -> WeightsJob:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def start_weights(path: str, config: str | None = None, probe: Tensor | None = None) -> WeightsJob | None:
+    """A :class:`WeightsJob` for a directory of state dicts of a plain HookedTransformer, else None.
+
+    ``path`` needs a HookedTransformerConfig (``config.json`` or ``config``) and a platform that forks. Reads
+    no TransformerLens; any doubt (and any error, which :func:`sslens.checkpoints.open_series` reports)
+    gives None.
+    """
+    import json
+
+    from sslens.checkpoints import _SSLENS_KEYS, state_dict_files
+    from sslens.errors import SslensError
+    from sslens.procs import fork_available
+
+    if not fork_available() or path.startswith("pretrained:"):
+        return None
+    p = Path(path)
+    try:
+        if not p.is_dir() or (p / "checkpoints").is_dir():
+            return None
+        own = json.loads((p / "config.json").read_text()) if (p / "config.json").is_file() else None
+        fields = json.loads(Path(config).read_text()) if config else own
+        if not isinstance(fields, dict) or (isinstance(own, dict) and any(k in own for k in _SSLENS_KEYS)) \
+                or any(k in fields for k in _SSLENS_KEYS) or not isinstance(fields.get("n_ctx"), int):
+            return None
+        by_step, _ = state_dict_files(p)
+    except (SslensError, OSError, ValueError):
+        return None
+    probe_shape = (probe.shape[0], min(probe.shape[1], fields["n_ctx"])) if probe is not None else None
+    return WeightsJob([by_step[s] for s in sorted(by_step)], probe_shape, fields["n_ctx"])
+
+
 def analyze_stacked(series, probe: Tensor | None = None, views: Views | None = None, progress: bool = True,
-                    seed: int = 0, chunk: int = CHUNK, threads: int = 2) -> SeriesResult:
+                    seed: int = 0, chunk: int = CHUNK, threads: int = 2, job: WeightsJob | None = None) -> SeriesResult:
     """Every generic analysis over a checkpoint series of state dicts, batched (see the module docstring).
 
     Runs with one intra-op thread: the batched small SVDs/QRs/eigendecompositions are LAPACK loops over the batch,
     and with more threads on a shared machine their OpenMP barriers spin (measured 10-40x slower at load 7 on
-    2 cores). ``threads=2`` (default) instead overlaps each chunk's weight metrics (one Python thread) with its
-    probe forward (the calling thread); torch releases the GIL inside its kernels. ``threads=1``: one thread.
+    2 cores). ``job`` (:func:`start_weights`, a forked process): the weight metrics come from it. Else
+    ``threads=2`` (default) overlaps each chunk's weight metrics (one Python thread) with its probe forward (the
+    calling thread); torch releases the GIL inside its kernels. ``threads=1``: one thread.
     """
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _analyze(series, probe, views, progress, seed, chunk, threads)
+        return _analyze(series, probe, views, progress, seed, chunk, threads, job)
     finally:
         torch.set_num_threads(old)
 
 
-def _analyze(series, probe, views, progress, seed, chunk, threads) -> SeriesResult:
+def _analyze(series, probe, views, progress, seed, chunk, threads, job) -> SeriesResult:
     from sslens import compat
     from sslens.errors import require
 
     views = views or Views()
     steps = list(series.steps)
     S = len(steps)
+    files = [series.files[s] for s in steps]
     model = series.load_into(steps[0], None)  # built once; also checks the first checkpoint
     cfg = model.cfg
     names = list(compat.leaves(model))
@@ -194,8 +398,8 @@ def _analyze(series, probe, views, progress, seed, chunk, threads) -> SeriesResu
     probe = probe[:, : cfg.n_ctx]
     rep = None if is_repeated(probe) else repeated_random_tokens(cfg.d_vocab, cfg.n_ctx, seed=seed)
     L, H = cfg.n_layers, cfg.n_heads
-    k = min(cfg.d_model, cfg.d_head)
-    square = cfg.d_vocab == cfg.d_vocab_out
+    dims = (L, H, min(cfg.d_model, cfg.d_head), cfg.d_vocab == cfg.d_vocab_out,
+            not cfg.attn_only and all(f"blocks.{l}.mlp.W_in" in params0 for l in range(L)))
 
     res = SeriesResult(name=series.name, steps=steps, notes=list(getattr(series, "notes", [])), meta=meta)
     res.n_layers, res.n_heads, res.layer_ids, res.head_ids = L, H, list(range(L)), list(range(H))
@@ -207,90 +411,33 @@ def _analyze(series, probe, views, progress, seed, chunk, threads) -> SeriesResu
     dets = hm.detection_patterns(res.probe)
     rep_dets = hm.detection_patterns(rep) if rep is not None else None
     keep = set(views.resolve_steps(steps))
-    has_mlp = not cfg.attn_only and all(f"blocks.{l}.mlp.W_in" in params0 for l in range(L))
-    cond = torch.full((S, L), float("nan"), dtype=torch.float64)
-    comp = {m: torch.full((S, L, H, L, H), float("nan"), dtype=torch.float64) for m in "QKV"} if L > 1 else {}
-    rel = {n: torch.full((S,), float("nan"), dtype=torch.float64) for n in names}
     W0 = {n: p.detach().float().clone() for n, p in params0.items()}
-    per_ckpt = 2 * sum(p.numel() * p.element_size() for p in params0.values()) \
-        + 6 * L * probe.numel() * H * probe.shape[-1] * 8  # patterns and what is computed from them
-    chunk = max(1, min(chunk, CHUNK_BYTES // per_ckpt))
-    reader = StateDictReader(series.files[steps[0]], list(own))
-    ok = torch.zeros(S, dtype=torch.bool)
-
-    @torch.no_grad()
-    def weights(X: dict[str, Tensor], rows: Tensor) -> None:
-        """Weight metrics of one chunk (a second thread overlaps them with the probe forward)."""
-        W_E = _f32(X["embed.W_E"])
-        G_E = W_E.transpose(-2, -1) @ W_E
-        M_UE = _f32(X["unembed.W_U"]) @ W_E if square else None
-        attn = []
-        for l in range(L):
-            W_Q, W_O = _f32(X[f"blocks.{l}.attn.W_Q"]), _f32(X[f"blocks.{l}.attn.W_O"])
-            W_K, W_V = _f32(_kv(X, l, "W_K", H)), _f32(_kv(X, l, "W_V", H))
-            attn.append((W_Q, W_K, W_V, W_O))
-            for c, (A, B) in (("QK", (W_Q, W_K.transpose(-1, -2))), ("OV", (W_V, W_O))):
-                for m, v in hm.rank_metrics(hm.factored_singular_values(A, B)[..., :k]).items():
-                    res.head[f"{c}.{m}"][rows, l] = v
-            # eigenvalues of W_E W_Q W_K^T W_E^T: those of W_K^T (W_E^T W_E) W_Q (d_head x d_head), as the recorder
-            res.head["qk_eig"][rows, l] = hm.eigenvalue_score(
-                torch.linalg.eigvals(W_K.transpose(-1, -2) @ G_E[:, None] @ W_Q))
-            if square:  # W_E W_V W_O W_U: those of W_O (W_U W_E) W_V
-                res.head["ov_eig"][rows, l] = hm.eigenvalue_score(torch.linalg.eigvals(W_O @ M_UE[:, None] @ W_V))
-            if has_mlp:
-                W_in = X[f"blocks.{l}.mlp.W_in"]
-                cond[rows, l] = condensation_index(W_in)
-                for j, i in enumerate(rows.tolist()):
-                    if i in (0, S - 1):
-                        res.neurons.setdefault(l, {})[steps[i]] = W_in[j].T.to(torch.float64).clone()
-        for j, i in enumerate(rows.tolist()):
-            if L > 1:
-                got = hm.composition_scores(*[torch.stack([a[q][j] for a in attn]) for q in range(4)])
-                for m, v in got.items():
-                    comp[m][i] = v
-        for n, v in X.items():  # the recorder's scores.rel_change: float32 norms
-            d = (v.float() - W0[n]).flatten(1).norm(dim=1)
-            n0 = W0[n].norm()
-            rel[n][rows] = (d / n0).to(torch.float64) if n0 > 0 else float("nan")
+    dtypes = {n: p.dtype for n, p in params0.items()}
+    chunk = chunk_size(sum(p.numel() * p.element_size() for p in params0.values()), L, H, tuple(probe.shape), chunk)
+    reader = StateDictReader(files[0], list(own))
+    check = lambda sd, name: _check(sd, own, name)  # noqa: E731
+    w = WeightMetrics(S, dims, W0)
+    use_job = job is not None and job.files == files
+    if job is not None and not use_job:
+        job.close()
 
     from concurrent.futures import ThreadPoolExecutor
 
-    pool = ThreadPoolExecutor(1) if threads > 1 else None
+    pool = ThreadPoolExecutor(1) if threads > 1 and not use_job else None
     bar = tqdm(total=S, disable=not progress, desc=f"analyze {series.name} (batched)", unit="step")
-    for lo in range(0, S, chunk):
-        idx = list(range(lo, min(S, lo + chunk)))
-        sds = []
-        for i in idx:
-            sd, same = reader.read(series.files[steps[i]])
-            if not same:
-                _check(sd, own, series.files[steps[i]].name)
-            sds.append(sd)
-        X = {n: torch.stack([sd[n] for sd in sds]).to(params0[n].dtype) for n in names}
-        del sds
-        finite = torch.ones(len(idx), dtype=torch.bool)
-        for n, v in X.items():  # max and min are finite iff every entry is (NaN propagates); no [ckpt, ...] mask
-            if v.is_floating_point() and v[0].numel():
-                finite &= torch.isfinite(v.flatten(1).amax(1)) & torch.isfinite(v.flatten(1).amin(1))
-        for j in (~finite).nonzero().flatten().tolist():  # a diverged state: its metrics stay NaN
-            bad = [n for n, v in X.items() if v.is_floating_point() and not bool(torch.isfinite(v[j]).all())]
-            res.notes.append(f"step {steps[idx[j]]}: non-finite values in {', '.join(bad[:3])}"
-                             f"{' ...' if len(bad) > 3 else ''}; its metrics are NaN")
-            for v in X.values():
-                v[j] = 0
-        good = finite.nonzero().flatten()
-        rows = torch.tensor(idx)[good]
+    ok = torch.zeros(S, dtype=torch.bool)
+    for idx, X, rows in _chunks(reader, files, names, dtypes, chunk, check, res.notes, steps):
         ok[rows] = True
-        X = {n: v[good] for n, v in X.items()}
-        if not len(good):
+        if not len(rows):
             bar.update(len(idx))
             continue
-        fut = pool.submit(weights, X, rows) if pool is not None else None
-        if fut is None:
-            weights(X, rows)
+        fut = pool.submit(w.update, X, rows) if pool is not None else None
+        if fut is None and not use_job:
+            w.update(X, rows)
         with torch.no_grad():
             pats = patterns(model, X, probe)
             for l in range(L):
-                C = len(good)
+                C = len(rows)
                 folded = _fold(pats[l])
                 res.head["entropy"][rows, l] = hm.attention_entropy(folded).to(torch.float64).view(C, H)
                 res.key_mass[rows, l] = key_token_mass(pats[l], probe, vocab)
@@ -311,14 +458,36 @@ def _analyze(series, probe, views, progress, seed, chunk, threads) -> SeriesResu
     bar.close()
     if pool is not None:
         pool.shutdown()
-    if has_mlp:
-        cond[~ok] = float("nan")
-        res.layer = {"mlp_condensation": cond}
-    res.composition = comp
-    res.rel_change = {n: v for n, v in rel.items() if not torch.isnan(v).all()}
+    if use_job:
+        got = _job_result(job, names, dtypes, chunk, W0, dims, ok)
+        if got is None:  # the child failed or read the files differently: compute the weight metrics here
+            for _, X, rows in _chunks(reader, files, names, dtypes, chunk):
+                w.update(X, rows)
+        else:
+            w = got
+            job.used = True
+    res.head.update(w.head)  # NaN where not computed (ov_eig of a non-square model, diverged states)
+    if dims[4]:
+        w.cond[~w.ok] = float("nan")
+        res.layer = {"mlp_condensation": w.cond}
+    for l in sorted(w.neurons):
+        for i in sorted(w.neurons[l]):
+            res.neurons.setdefault(l, {})[steps[i]] = w.neurons[l][i]
+    res.composition = w.comp
+    res.rel_change = {n: w.rel[n] for n in names if not torch.isnan(w.rel[n]).all()}
     res.meta["eig_space"] = "recorded"
     res.views = views
     return res
+
+
+def _job_result(job: WeightsJob, names, dtypes, chunk, W0, dims, ok) -> WeightMetrics | None:
+    """The job's :class:`WeightMetrics` when the child read the same parameters as this process, chunked alike."""
+    got = job.result()
+    if not got or set(got["names"]) != set(names) or got["chunk"] != chunk or got["weights"].dims != dims \
+            or any(got["dtypes"][n] != dtypes[n] for n in names) \
+            or not all(torch.equal(got["W0"][n], W0[n]) for n in names) or not torch.equal(got["weights"].ok, ok):
+        return None
+    return got["weights"]
 
 
 def detection_scores(pattern: Float[Tensor, "ckpt probe head q k"],

@@ -19,21 +19,24 @@ from sslens.checkpoints import Series
 
 
 def analyze_series(series: Series, probe: torch.Tensor | None = None, progress: bool = True,
-                   views: Views | None = None, batched: bool = True) -> SeriesResult:
+                   views: Views | None = None, batched: bool = True, job=None) -> SeriesResult:
     """Every generic analysis over ``series`` (see :mod:`sslens.analyses.series`).
 
     A directory of state dicts of a plain HookedTransformer goes through the batched path
     (:func:`sslens.analyses.batched.analyze_stacked`, the same numbers); everything else, or ``batched=False``,
-    one model load per checkpoint.
+    one model load per checkpoint. ``job``: a :func:`sslens.analyses.batched.start_weights` process computing the
+    weight metrics (started before TransformerLens is imported); closed here when unused.
     """
     if batched:
         from sslens.analyses import batched as b
 
         if b.supported(series, probe):
             try:
-                return b.analyze_stacked(series, probe, views=views, progress=progress)
+                return b.analyze_stacked(series, probe, views=views, progress=progress, job=job)
             except b.Unsupported:
                 pass
+    if job is not None:
+        job.close()
     return analyze_states(checkpoint_source(series, probe), views=views, progress=progress)
 
 
@@ -43,8 +46,9 @@ def report(results: list[SeriesResult], out_dir: Path, layers=None, heads=None) 
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # its 512 x 512 eigh (condensation view) spins for seconds with 2 threads on a busy machine
+    metrics = {"series": [r.to_json() for r in results]}
     try:
-        write_report(results, out_dir, "Checkpoint series analysis", layers=layers, heads=heads)
+        write_report(results, out_dir, "Checkpoint series analysis", layers=layers, heads=heads, metrics=metrics)
     finally:
         torch.set_num_threads(threads)
-    return {"series": [r.to_json() for r in results]}
+    return metrics

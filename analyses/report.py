@@ -13,7 +13,7 @@ import base64
 import html
 import io
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from jaxtyping import Float
 from torch import Tensor
@@ -42,6 +42,7 @@ class Report:
         self.title = title
         self.parts: list[str] = []
         self._cv_bundle = False  # circuitsvis JavaScript already on the page
+        self._later: list[tuple[int, Callable[[], Any], str | None, int]] = []  # figure_later: (part, make, ...)
 
 
     def h2(self, text: str) -> Report:
@@ -67,12 +68,23 @@ class Report:
 
     def figure(self, fig, caption: str | None = None, dpi: int = 110) -> Report:
         """Embed a matplotlib Figure as a base64 PNG at most ``MAX_WIDTH_PX`` wide (and release it)."""
-        buf = io.BytesIO()
-        dpi = min(dpi, MAX_WIDTH_PX / max(fig.get_figwidth() + 0.3, 1e-3))  # + margin: legends, bbox_inches
-        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-        _release(fig)
-        data = base64.b64encode(buf.getvalue()).decode()
-        return self._img(data, caption, "figure")
+        return self._img(base64.b64encode(png_bytes(fig, dpi)).decode(), caption, "figure")
+
+    def figure_later(self, make: Callable[[], Any], caption: str | None = None, dpi: int = 110) -> Report:
+        """A figure made by ``make()`` and embedded as :meth:`figure` does, when the page is rendered.
+
+        The pending figures are rendered together (:meth:`render_figures`), on two cores where the platform forks.
+        """
+        self._later.append((len(self.parts), make, caption, dpi))
+        self.parts.append("")
+        return self
+
+    def render_figures(self, workers: int = 2) -> Report:
+        """Render the :meth:`figure_later` figures (:func:`render_pngs`) into their places."""
+        later, self._later = self._later, []
+        for (i, _, caption, _), png in zip(later, render_pngs([(m, d) for _, m, _, d in later], workers)):
+            self.parts[i] = self._img_html(base64.b64encode(png).decode(), caption, "figure")
+        return self
 
     def image(self, png: bytes, caption: str | None = None) -> Report:
         """Embed PNG bytes (e.g. a figure another step wrote to disk) as a base64 image."""
@@ -80,10 +92,14 @@ class Report:
         return self._img(data, caption, "image")
 
     def _img(self, b64: str, caption: str | None, alt: str) -> Report:
+        self.parts.append(self._img_html(b64, caption, alt))
+        return self
+
+    @staticmethod
+    def _img_html(b64: str, caption: str | None, alt: str) -> str:
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
         src = f"data:image/png;base64,{b64}"
-        self.parts.append(f'<figure><img alt="{html.escape(caption or alt)}" src="{src}">{cap}</figure>')
-        return self
+        return f'<figure><img alt="{html.escape(caption or alt)}" src="{src}">{cap}</figure>'
 
     def table(self, rows: Sequence[dict[str, Any]], caption: str | None = None) -> Report:
         """A table from dicts; a boolean column named ``pass`` is coloured."""
@@ -120,6 +136,8 @@ class Report:
 
     def render(self) -> str:
         """The whole page."""
+        if self._later:
+            self.render_figures()
         t = html.escape(self.title)
         return (
             f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{t}</title>'
@@ -149,6 +167,45 @@ def legend(ax, **kwargs):
     if len(handles) > LEGEND_INSIDE_MAX:
         kwargs = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0, **kwargs}
     return ax.legend(**kwargs)
+
+
+def png_bytes(fig, dpi: float = 110) -> bytes:
+    """``fig`` as PNG bytes at most ``MAX_WIDTH_PX`` wide (``bbox_inches="tight"``), and release it."""
+    buf = io.BytesIO()
+    dpi = min(dpi, MAX_WIDTH_PX / max(fig.get_figwidth() + 0.3, 1e-3))  # + margin: legends, bbox_inches
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    _release(fig)
+    return buf.getvalue()
+
+
+def render_pngs(jobs: Sequence[tuple[Callable[[], Any], float]], workers: int = 2) -> list[bytes]:
+    """PNG bytes (:func:`png_bytes`) of ``make()`` for each ``(make, dpi)``, in order.
+
+    With ``workers=2`` (and a platform that forks) a forked process (``sslens.procs.Forked``) and this one take
+    the figures one at a time from a shared counter; whatever the child does not hand back is rendered here.
+    """
+    from sslens.procs import Forked, fork_available
+
+    if workers < 2 or len(jobs) < 2 or not fork_available():
+        return [png_bytes(make(), dpi) for make, dpi in jobs]
+    import multiprocessing
+
+    counter = multiprocessing.get_context("fork").Value("i", 0)
+
+    def take() -> dict[int, bytes]:
+        out = {}
+        while True:
+            with counter.get_lock():
+                i = counter.value
+                counter.value += 1
+            if i >= len(jobs):
+                return out
+            out[i] = png_bytes(jobs[i][0](), jobs[i][1])
+
+    with Forked(take) as child:
+        out = take()
+        out.update(child.result() or {})
+    return [out[i] if i in out else png_bytes(jobs[i][0](), jobs[i][1]) for i in range(len(jobs))]
 
 
 def _release(fig) -> None:

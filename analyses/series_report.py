@@ -137,16 +137,20 @@ def pattern_view(res, layers: Sequence[int] | None = None, heads: Sequence[int] 
 
 
 def write_report(results: list, out_dir: str | Path, title: str = "Series analysis", layers=None, heads=None,
-                 json_name: str = "metrics.json", html_name: str = "report.html") -> tuple[Path, Path]:
-    """``metrics.json`` (every result's :meth:`to_json`) and a self-contained ``report.html``."""
+                 json_name: str = "metrics.json", html_name: str = "report.html", metrics: dict | None = None,
+                 workers: int = 2) -> tuple[Path, Path]:
+    """``metrics.json`` (every result's :meth:`to_json`, or ``metrics``) and a self-contained ``report.html``.
+
+    The figures are rendered on ``workers`` processes (``sslens.analyses.report.render_pngs``).
+    """
     from sslens.analyses.report import Report
     from sslens.store import atomic_write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / json_name, {"series": [r.to_json() for r in results]})
+    atomic_write_json(out / json_name, metrics if metrics is not None else {"series": [r.to_json() for r in results]})
     rep = Report(title)
-    fig = lambda f, caption: rep.figure(f, caption, dpi=80)  # noqa: E731 - text layout dominates render time
+    fig = lambda make, caption: rep.figure_later(make, caption, dpi=80)  # noqa: E731 - text layout dominates render time
     rep.note("Weights are analysed as the model holds them (no LayerNorm folding), cast to float64.")
     for r in results:
         rep.h2(f"{r.name}: {len(r.steps)} states, steps {r.steps[0]}..{r.steps[-1]}, "
@@ -154,22 +158,23 @@ def write_report(results: list, out_dir: str | Path, title: str = "Series analys
         for n in r.notes:
             rep.note(n)
         rep.table(r.final(), f"every head metric at step {r.steps[-1]}")
-        fig(plot(r, "rank"), "QK = W_Q W_K^T and OV = W_V W_O: effective rank (Roy & Vetterli), stable rank, "
+        fig(lambda r=r: plot(r, "rank"), "QK = W_Q W_K^T and OV = W_V W_O: effective rank (Roy & Vetterli), stable rank, "
                                     "top-1 energy per layer and head (docs/theory.md §3)")
         if not torch.isnan(r.head["entropy"]).all():
-            fig(plot(r, "attention"), "attention entropy -sum a log(a + 1e-8) on the probe, per head")
-            fig(plot(r, "key_mass"), "attention mass by key token on the probe (top tokens)")
-        fig(plot(r, "scores"), "previous-token and prefix-matching (induction) scores (TransformerLens "
+            fig(lambda r=r: plot(r, "attention"), "attention entropy -sum a log(a + 1e-8) on the probe, per head")
+            fig(lambda r=r: plot(r, "key_mass"), "attention mass by key token on the probe (top tokens)")
+        fig(lambda r=r: plot(r, "scores"), "previous-token and prefix-matching (induction) scores (TransformerLens "
                                       f"head_detector patterns), QK/OV eigenvalue scores ({r.meta.get('eig_space', '-')} space)")
         if r.composition:
-            fig(plot(r, "composition"), "Q/K/V composition scores (transformer_lens.utils.composition_scores)")
+            fig(lambda r=r: plot(r, "composition"), "Q/K/V composition scores (transformer_lens.utils.composition_scores)")
         if r.rel_change:
-            fig(plot(r, "rel_change"), "relative change per parameter")
+            fig(lambda r=r: plot(r, "rel_change"), "relative change per parameter")
         if r.neurons:
-            fig(plot(r, "condensation"), "MLP neurons' input-weight cosine matrix, reordered by the principal "
+            fig(lambda r=r: plot(r, "condensation"), "MLP neurons' input-weight cosine matrix, reordered by the principal "
                                                 "eigenvector (condensation, docs/theory.md §3)")
         v = pattern_view(r, layers, heads)
         if v is not None:
             rep.circuitsvis(v, "attention patterns on the first probe sequence (layer, head, step per panel)")
+    rep.render_figures(workers)
     rep.save(out / html_name)
     return out / json_name, out / html_name

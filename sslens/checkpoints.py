@@ -165,6 +165,20 @@ def _model_from(cfg: dict | Callable[[], HookedTransformer], sd: dict, name: str
     return model
 
 
+def state_dict_files(p: Path) -> tuple[dict[int, Path], bool]:
+    """The state-dict files of a directory (or one file) by step; no TransformerLens import.
+
+    Also whether they are ``transformer_lens.train``'s ``model_N.pt`` (read as step N+1).
+    """
+    found = [(m.group(1) or "", int(m.group(2)), f) for f in (p.iterdir() if p.is_dir() else [p]) if (m := _PT_RE.match(f.name))]
+    require(bool(found), "path", f"{p} holds no model_<N>.pt / step_<N>.pt files", "a directory of torch.save state dicts")
+    kinds = {k for k, _, _ in found}
+    require(len(kinds) == 1, "path", f"{p} mixes checkpoint names ({', '.join(sorted(x or 'N' for x in kinds))}_N.pt)",
+            "one naming per directory")
+    tl_train = kinds == {"model_"}
+    return {(n + 1 if tl_train else n): f for _, n, f in found}, tl_train
+
+
 def open_series(path: str, config: str | None = None, checkpoint_indices: list[int] | None = None) -> Series:
     """Open one checkpoint series (see the module docstring)."""
     if path.startswith("pretrained:"):
@@ -173,13 +187,7 @@ def open_series(path: str, config: str | None = None, checkpoint_indices: list[i
     require(p.exists(), "path", f"no such file or directory {p}", "an sslens run, a directory of .pt files, or pretrained:NAME")
     if (p / "config.json").exists() and (p / "checkpoints").is_dir():
         return _run_series(p)
-    found = [(m.group(1) or "", int(m.group(2)), f) for f in (p.iterdir() if p.is_dir() else [p]) if (m := _PT_RE.match(f.name))]
-    require(bool(found), "path", f"{p} holds no model_<N>.pt / step_<N>.pt files", "a directory of torch.save state dicts")
-    kinds = {k for k, _, _ in found}
-    require(len(kinds) == 1, "path", f"{p} mixes checkpoint names ({', '.join(sorted(x or 'N' for x in kinds))}_N.pt)",
-            "one naming per directory")
-    tl_train = kinds == {"model_"}
-    by_step = {(n + 1 if tl_train else n): f for _, n, f in found}
+    by_step, tl_train = state_dict_files(p)
     notes = _tl_train_notes(sorted(by_step.items())) if tl_train else []
     here = p if p.is_dir() else p.parent
     own = _read_json(here / "config.json") if (here / "config.json").exists() else None

@@ -47,14 +47,12 @@ def add_view_args(p) -> None:
 
 def run(a: argparse.Namespace) -> int:
     """Analyze every series and write one report."""
-    import warnings
-
-    from sslens.analyses.checkpoints import analyze_series, report
+    from sslens.analyses.batched import start_weights
+    from sslens.analyses.checkpoints import report
     from sslens.analyses.series import Views
-    from sslens.checkpoints import load_probe, open_series
+    from sslens.checkpoints import load_probe
     from sslens.errors import SslensError
-    from sslens.store import RunStore, check_out_path
-    from sslens.tasks import build_task
+    from sslens.store import check_out_path
 
     out = check_out_path(a.out, field="--out")  # before any model is loaded
     try:
@@ -65,28 +63,47 @@ def run(a: argparse.Namespace) -> int:
     views = Views(a.layers, a.heads, a.steps)
     results = []
     for path in a.paths:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # series notes are printed below
-            s = open_series(path, config=a.config, checkpoint_indices=a.checkpoint_indices)
-        for n in s.notes:
-            print(f"{s.name}: note: {n}")
-        if probe is None and (Path(path) / "config.json").is_file() and (Path(path) / "checkpoints").is_dir():
-            cfg = RunStore(path).read_config()
-            if "task" in cfg:
-                try:
-                    s.task = build_task(cfg["task"])
-                except (KeyError, TypeError, ValueError, AttributeError) as e:
-                    if isinstance(e, SslensError):
-                        raise
-                    raise SslensError("task", f"{Path(path) / 'config.json'} has a malformed task ({type(e).__name__}: {e})",
-                                      "a config.json written by sslens train") from None
+        # the weight metrics start in a forked process now, while this one imports TransformerLens (seconds)
+        job = None if a.checkpoint_indices else start_weights(path, a.config, probe)
         try:
-            results.append(analyze_series(s, probe=probe, progress=not a.quiet, views=views))
-        except (SslensError, OSError, MemoryError):
-            raise
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError, RuntimeError) as e:
-            raise SslensError("paths", f"{path} could not be analyzed ({type(e).__name__}: {' '.join(str(e).split())[:160]})",
-                              "sslens run dirs, dirs of model_<step>.pt, or pretrained:NAME") from None
+            results.append(_analyze_one(a, path, probe, views, job))
+        finally:
+            if job is not None:
+                job.close()
     report(results, out, layers=a.layers, heads=a.heads)
     print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
     return 0
+
+
+def _analyze_one(a: argparse.Namespace, path: str, probe, views, job):
+    """One series' :class:`sslens.analyses.series.SeriesResult`."""
+    import warnings
+
+    from sslens.analyses.checkpoints import analyze_series
+    from sslens.checkpoints import open_series
+    from sslens.errors import SslensError
+    from sslens.store import RunStore
+    from sslens.tasks import build_task
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # series notes are printed below
+        s = open_series(path, config=a.config, checkpoint_indices=a.checkpoint_indices)
+    for n in s.notes:
+        print(f"{s.name}: note: {n}")
+    if probe is None and (Path(path) / "config.json").is_file() and (Path(path) / "checkpoints").is_dir():
+        cfg = RunStore(path).read_config()
+        if "task" in cfg:
+            try:
+                s.task = build_task(cfg["task"])
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                if isinstance(e, SslensError):
+                    raise
+                raise SslensError("task", f"{Path(path) / 'config.json'} has a malformed task ({type(e).__name__}: {e})",
+                                  "a config.json written by sslens train") from None
+    try:
+        return analyze_series(s, probe=probe, progress=not a.quiet, views=views, job=job)
+    except (SslensError, OSError, MemoryError):
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError, RuntimeError) as e:
+        raise SslensError("paths", f"{path} could not be analyzed ({type(e).__name__}: {' '.join(str(e).split())[:160]})",
+                          "sslens run dirs, dirs of model_<step>.pt, or pretrained:NAME") from None

@@ -1,0 +1,123 @@
+"""Forked helper processes that die with their parent and leave nothing behind (docs/analysis.md, "Batched path").
+
+:class:`Forked` runs ``fn(*args)`` in a forked child (it inherits the parent's imports and data, so nothing is
+imported again) and hands back its pickled return value. The child ignores SIGINT (Ctrl-C is the parent's: it
+kills the child on the way out), gets SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)`` on Linux, and a
+watchdog thread polling the parent's pid everywhere), writes no files and exits with ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import threading
+from typing import Any, Callable
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """In a child: ignore Ctrl-C and get SIGKILL within a second of the parent's death (SIGKILL included)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watchdog() -> None:
+        import time
+
+        while True:
+            time.sleep(0.2)
+            if os.getppid() != parent_pid:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watchdog, name="sslens-parent-watchdog", daemon=True).start()
+
+
+def fork_available() -> bool:
+    """Whether this platform can fork (POSIX)."""
+    return hasattr(os, "fork") and sys.platform != "win32"
+
+
+class Forked:
+    """``fn(*args)`` in a forked child; :meth:`result` waits for its return value (``None`` if it failed).
+
+    Use as a context manager (or call :meth:`close`): a child still running on the way out is killed and reaped.
+    The child runs with one intra-op torch thread when torch is imported (two processes on two cores).
+    """
+
+    def __init__(self, fn: Callable[..., Any], *args: Any):
+        self.error: str | None = None
+        r, w = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the caller's code
+            code = 1
+            try:
+                os.close(r)
+                die_with_parent(parent)
+                if "torch" in sys.modules:
+                    sys.modules["torch"].set_num_threads(1)
+                try:
+                    out = ("ok", fn(*args))
+                except BaseException as e:  # noqa: BLE001 - reported to the parent, which falls back
+                    out = ("error", f"{type(e).__name__}: {e}")
+                data = pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
+                with os.fdopen(w, "wb") as f:
+                    f.write(data)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        self.pid, self._r, self._done, self._value = pid, r, False, None
+
+    def result(self) -> Any:
+        """The child's return value, or ``None`` when it raised or died (``self.error`` says why)."""
+        if not self._done:
+            self._done = True
+            try:
+                with os.fdopen(self._r, "rb") as f:
+                    data = f.read()  # until the child closes the pipe (it exits right after)
+            finally:
+                _, status = os.waitpid(self.pid, 0)
+            try:
+                kind, value = pickle.loads(data) if data else ("error", f"the child died (wait status {status})")
+            except (pickle.UnpicklingError, EOFError, ValueError) as e:
+                kind, value = "error", f"unreadable result ({e})"
+            if kind == "ok":
+                self._value = value
+            else:
+                self.error = value
+        return self._value
+
+    def close(self) -> None:
+        """Kill the child if it still runs and reap it (idempotent)."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            os.close(self._r)
+        except OSError:
+            pass
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
+    def __enter__(self) -> Forked:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
