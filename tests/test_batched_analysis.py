@@ -125,3 +125,53 @@ def test_analyze_series_dispatches_to_the_batched_path_and_errors_stay_one_line(
     assert main(["analyze-checkpoints", str(d), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "step_1.pt is truncated" in err[0]
+
+
+def assert_identical(a, b):
+    """Every number bitwise equal (NaN where the other is NaN), same notes, keys and order."""
+    def eq(x, y):
+        return torch.equal(torch.isnan(x), torch.isnan(y)) and torch.equal(x.nan_to_num(), y.nan_to_num())
+
+    assert (a.steps, a.notes, a.meta, a.key_tokens) == (b.steps, b.notes, b.meta, b.key_tokens)
+    for d, e in ((a.head, b.head), (a.composition, b.composition), (a.layer, b.layer), (a.rel_change, b.rel_change)):
+        assert list(d) == list(e) and all(eq(d[k], e[k]) for k in d)
+    assert eq(a.key_mass, b.key_mass)
+    assert list(a.neurons) == list(b.neurons) and all(list(a.neurons[l]) == list(b.neurons[l]) for l in a.neurons)
+    assert all(torch.equal(a.neurons[l][s], b.neurons[l][s]) for l in a.neurons for s in a.neurons[l])
+    assert list(a.patterns) == list(b.patterns)
+    assert all(torch.equal(a.patterns[s][l], b.patterns[s][l]) for s in a.patterns for l in a.patterns[s])
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_the_forked_weights_job_gives_the_same_numbers(name, tmp_path):
+    """start_weights forks a process (no TransformerLens) for the weight metrics: bitwise the in-process numbers,
+    with a file read without the template and a diverged checkpoint."""
+    write_series(tmp_path, CONFIGS[name], n=6, reorder_at=2)
+    sd = torch.load(tmp_path / "step_4.pt", weights_only=True)
+    sd["blocks.1.mlp.W_out" if "mlp" in name else "unembed.W_U"].view(-1)[3] = float("inf")
+    torch.save(sd, tmp_path / "step_4.pt")
+    job = batched.start_weights(str(tmp_path))
+    s = open_series(str(tmp_path))
+    fast = batched.analyze_stacked(s, progress=False, job=job)
+    assert job.used and job.proc.error is None
+    inline = batched.analyze_stacked(s, progress=False, threads=1)
+    assert_identical(fast, inline)
+    assert torch.isnan(fast.head["QK.stable_rank"][4]).all() and [n for n in fast.notes if n.startswith("step 4:")]
+
+
+def test_a_job_that_does_not_fit_is_not_used(tmp_path):
+    """Another chunk size, other files, or a child that failed: the weight metrics are computed in process."""
+    write_series(tmp_path / "a", CONFIGS["ln_mlp"], n=3)
+    write_series(tmp_path / "b", CONFIGS["ln_mlp"], n=4)
+    s = open_series(str(tmp_path / "a"))
+    ref = batched.analyze_stacked(s, progress=False, chunk=2)
+    for job, chunk in ((batched.start_weights(str(tmp_path / "a")), 2), (batched.start_weights(str(tmp_path / "b")), 128)):
+        assert_identical(batched.analyze_stacked(s, progress=False, chunk=chunk, job=job), ref)
+        assert not job.used
+    f = tmp_path / "a" / "step_1.pt"
+    f.write_bytes(f.read_bytes()[:300])  # the child fails; the parent says why
+    job = batched.start_weights(str(tmp_path / "a"))
+    with pytest.raises(SslensError, match="step_1.pt is truncated"):
+        batched.analyze_stacked(open_series(str(tmp_path / "a")), progress=False, job=job)
+    job.close()
+    assert batched.start_weights(str(tmp_path / "nowhere")) is None and batched.start_weights("pretrained:gpt2") is None

@@ -1,0 +1,65 @@
+"""sslens.procs.Forked: a forked child hands back its result, and never outlives its parent (SIGKILL, Ctrl-C)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sslens.procs import Forked
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+
+
+def _boom():
+    raise ValueError("no")
+
+
+def test_result_and_error():
+    with Forked(sum, [1, 2, 3]) as f:
+        assert f.result() == 6 and f.error is None
+    with Forked(_boom) as f:
+        assert f.result() is None and f.error == "ValueError: no"
+    with Forked(os._exit, 3) as f:  # dies without a result
+        assert f.result() is None and "died" in f.error
+
+
+def gone(pid: int, within: float = 5.0) -> bool:
+    """The process ``pid`` has exited (a zombie counts as exited) within ``within`` seconds."""
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                if "\nState:\tZ" in f.read():
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+PARENT = """
+import time
+from sslens.procs import Forked
+with Forked(time.sleep, 60) as f:
+    print(f.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_the_child_dies_with_its_parent(sig):
+    """SIGKILL of the parent (PR_SET_PDEATHSIG / the watchdog) and Ctrl-C (the parent kills it on the way out)."""
+    p = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        child = int(p.stdout.readline())
+        assert not gone(child, within=0.3)
+        p.send_signal(sig)
+        p.wait(timeout=10)
+        assert gone(child)
+    finally:
+        p.kill()
+        p.wait()
