@@ -30,7 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sslens.analyses import head_metrics as hm
-from sslens.analyses.series import HEAD_METRICS, SeriesResult, Views, is_repeated, repeated_random_tokens
+from sslens.analyses.series import DETECTIONS, HEAD_METRICS, SeriesResult, Views, is_repeated, repeated_random_tokens
 
 CHUNK = 128  # checkpoints per batch at most; fewer when a checkpoint's parameters and patterns are large
 CHUNK_BYTES = 2**30  # memory budget of one chunk (stacked parameters, probe patterns and their float64 copies)
@@ -127,12 +127,18 @@ def _kv(X: dict[str, Tensor], l: int, w: str, n_heads: int) -> Tensor:
 def patterns(model, params: dict[str, Tensor], tokens: Tensor) -> list[Tensor]:
     """``hook_pattern`` of every layer ``[ckpt, probe, head, q, k]`` for stacked ``params`` ``[ckpt, ...]``.
 
-    One ``torch.func.vmap`` of ``torch.func.functional_call`` on ``model`` (its buffers are shared).
+    One ``torch.func.vmap`` of ``torch.func.functional_call`` on ``model`` (its buffers are shared); parameters
+    not in ``params`` are the model's. The last layer's values play no part in its pattern, so its ``W_V``/``b_V``
+    are given zero width there (the forward computes no values for it).
     """
     from torch.func import functional_call, vmap
 
     names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
     tokens = tokens.to(model.cfg.device)
+    last = model.blocks[-1].attn
+    no_v = {f"blocks.{model.cfg.n_layers - 1}.attn.{n}": torch.zeros(*getattr(last, n).shape[:-1], 0,
+                                                                   dtype=getattr(last, n).dtype)
+            for n, _ in last.named_parameters() if n in ("W_V", "b_V", "_W_V", "_b_V")}
 
     def forward(p: dict[str, Tensor]) -> tuple[Tensor, ...]:
         got: dict[str, Tensor] = {}
@@ -144,7 +150,7 @@ def patterns(model, params: dict[str, Tensor], tokens: Tensor) -> list[Tensor]:
 
         try:
             with model.hooks(fwd_hooks=[(n, grab) for n in names]):
-                functional_call(model, p, (tokens,), {"return_type": None})
+                functional_call(model, {**p, **no_v}, (tokens,), {"return_type": None})
         except _Done:
             pass
         return tuple(got[n] for n in names)
@@ -273,11 +279,13 @@ def _dims(X: dict[str, Tensor], n_layers: int | None = None) -> tuple[int, int, 
             all(f"blocks.{l}.mlp.W_in" in X for l in range(L)))
 
 
-def weights_of_files(files: list[Path], probe_shape: tuple[int, int] | None, n_ctx: int) -> dict:
+def weights_of_files(files: list[Path], steps: list[int], probe_shape: tuple[int, int] | None, n_ctx: int,
+                     name: str | None = None) -> dict:
     """:class:`WeightMetrics` of ``files``, read and chunked as :func:`analyze_stacked` does.
 
     Also returns what :func:`analyze_stacked` checks before using them (names, dtypes, first parameters, chunk
-    size); runs in :class:`WeightsJob`'s child.
+    size) and the notes on non-finite states; runs in :class:`WeightsJob`'s child. With ``name`` (the series'),
+    also the report's weight plots (``series_report.WEIGHT_PLOTS``) as PNG bytes.
     """
     from sslens.checkpoints import load_state_dict
 
@@ -290,10 +298,31 @@ def weights_of_files(files: list[Path], probe_shape: tuple[int, int] | None, n_c
     chunk = chunk_size(sum(sd[n].numel() * sd[n].element_size() for n in names), dims[0], dims[1],
                        probe_shape or default_probe_shape(n_ctx))
     w = WeightMetrics(len(files), dims, W0)
-    for _, X, rows in _chunks(reader, files, names, dtypes, chunk):
+    notes: list[str] = []
+    for _, X, rows in _chunks(reader, files, names, dtypes, chunk, notes=notes, steps=steps):
         w.update(X, rows)
     w.W0 = None  # the parent compares its own first parameters with these
-    return {"files": list(files), "names": names, "dtypes": dtypes, "chunk": chunk, "W0": W0, "weights": w}
+    out = {"names": names, "dtypes": dtypes, "chunk": chunk, "W0": W0, "weights": w, "notes": notes, "rendered": {}}
+    if name is not None:
+        out["rendered"] = _weight_plots(w, name, steps, names)
+    return out
+
+
+def _weight_plots(w: WeightMetrics, name: str, steps: list[int], names: list[str]) -> dict[str, bytes]:
+    """PNG bytes of the report's weight plots of ``w`` (as ``write_report`` renders them)."""
+    from sslens.analyses.report import png_bytes
+    from sslens.analyses.series_report import FIGURE_DPI, WEIGHT_PLOTS, plot
+
+    L, H = w.dims[:2]
+    res = SeriesResult(name=name, steps=list(steps), n_layers=L, n_heads=H, layer_ids=list(range(L)),
+                       head_ids=list(range(H)), head=dict(w.head), composition=w.comp)
+    res.rel_change = {n: w.rel[n] for n in names if not torch.isnan(w.rel[n]).all()}
+    for l in sorted(w.neurons):
+        for i in sorted(w.neurons[l]):
+            res.neurons.setdefault(l, {})[steps[i]] = w.neurons[l][i]
+    shown = {"rank": True, "composition": bool(res.composition), "rel_change": bool(res.rel_change),
+             "condensation": bool(res.neurons)}
+    return {what: png_bytes(plot(res, what), FIGURE_DPI) for what in WEIGHT_PLOTS if shown[what]}
 
 
 class WeightsJob:
@@ -304,12 +333,13 @@ class WeightsJob:
     way, else computes them itself.
     """
 
-    def __init__(self, files: list[Path], probe_shape: tuple[int, int] | None, n_ctx: int):
+    def __init__(self, files: list[Path], steps: list[int], probe_shape: tuple[int, int] | None, n_ctx: int,
+                 name: str | None = None):
         from sslens.procs import Forked
 
-        self.files = list(files)
+        self.files, self.steps, self.name = list(files), list(steps), name
         self.used = False
-        self.proc = Forked(weights_of_files, self.files, probe_shape, n_ctx)
+        self.proc = Forked(weights_of_files, self.files, self.steps, probe_shape, n_ctx, name)
 
     def result(self) -> dict | None:
         """The child's result (None when it failed)."""
@@ -354,7 +384,7 @@ def start_weights(path: str, config: str | None = None, probe: Tensor | None = N
     except (SslensError, OSError, ValueError):
         return None
     probe_shape = (probe.shape[0], min(probe.shape[1], fields["n_ctx"])) if probe is not None else None
-    return WeightsJob([by_step[s] for s in sorted(by_step)], probe_shape, fields["n_ctx"])
+    return WeightsJob([by_step[s] for s in sorted(by_step)], sorted(by_step), probe_shape, fields["n_ctx"], p.name)
 
 
 def analyze_stacked(series, probe: Tensor | None = None, views: Views | None = None, progress: bool = True,
@@ -414,19 +444,21 @@ def _analyze(series, probe, views, progress, seed, chunk, threads, job) -> Serie
     W0 = {n: p.detach().float().clone() for n, p in params0.items()}
     dtypes = {n: p.dtype for n, p in params0.items()}
     chunk = chunk_size(sum(p.numel() * p.element_size() for p in params0.values()), L, H, tuple(probe.shape), chunk)
-    reader = StateDictReader(files[0], list(own))
     check = lambda sd, name: _check(sd, own, name)  # noqa: E731
     w = WeightMetrics(S, dims, W0)
-    use_job = job is not None and job.files == files
+    use_job = job is not None and job.files == files and job.steps == steps
     if job is not None and not use_job:
         job.close()
+    # with the job, only what the probe forward reads (the job gives which states are finite, and their notes)
+    fwd = [n for n in names if not _after_last_pattern(n, L)] if use_job else names
+    reader = StateDictReader(files[0], fwd if use_job else list(own))
 
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(1) if threads > 1 and not use_job else None
     bar = tqdm(total=S, disable=not progress, desc=f"analyze {series.name} (batched)", unit="step")
     ok = torch.zeros(S, dtype=torch.bool)
-    for idx, X, rows in _chunks(reader, files, names, dtypes, chunk, check, res.notes, steps):
+    for idx, X, rows in _chunks(reader, files, fwd, dtypes, chunk, check, None if use_job else res.notes, steps):
         ok[rows] = True
         if not len(rows):
             bar.update(len(idx))
@@ -461,11 +493,19 @@ def _analyze(series, probe, views, progress, seed, chunk, threads, job) -> Serie
     if use_job:
         got = _job_result(job, names, dtypes, chunk, W0, dims, ok)
         if got is None:  # the child failed or read the files differently: compute the weight metrics here
-            for _, X, rows in _chunks(reader, files, names, dtypes, chunk):
+            notes: list[str] = []
+            for _, X, rows in _chunks(StateDictReader(files[0], names), files, names, dtypes, chunk, notes=notes,
+                                      steps=steps):
                 w.update(X, rows)
         else:
-            w = got
-            job.used = True
+            (w, notes, rendered), job.used = got, True
+            res.rendered = rendered if job.name == series.name else {}
+        res.notes += notes
+        for i in (ok & ~w.ok).nonzero().flatten().tolist():  # non-finite in a parameter the forward does not read
+            for m in ("entropy", *DETECTIONS):
+                res.head[m][i] = float("nan")
+            res.key_mass[i] = float("nan")
+            res.patterns.pop(steps[i], None)
     res.head.update(w.head)  # NaN where not computed (ov_eig of a non-square model, diverged states)
     if dims[4]:
         w.cond[~w.ok] = float("nan")
@@ -480,14 +520,32 @@ def _analyze(series, probe, views, progress, seed, chunk, threads, job) -> Serie
     return res
 
 
-def _job_result(job: WeightsJob, names, dtypes, chunk, W0, dims, ok) -> WeightMetrics | None:
-    """The job's :class:`WeightMetrics` when the child read the same parameters as this process, chunked alike."""
+def _job_result(job: WeightsJob, names, dtypes, chunk, W0, dims, ok) -> tuple[WeightMetrics, list[str], dict] | None:
+    """The job's :class:`WeightMetrics`, notes and plots, when the child read the parameters as this process does.
+
+    Same names, dtypes, first parameters and chunks; the states it found finite are among those ``ok`` here
+    (which read fewer parameters).
+    """
     got = job.result()
     if not got or set(got["names"]) != set(names) or got["chunk"] != chunk or got["weights"].dims != dims \
             or any(got["dtypes"][n] != dtypes[n] for n in names) \
-            or not all(torch.equal(got["W0"][n], W0[n]) for n in names) or not torch.equal(got["weights"].ok, ok):
+            or not all(torch.equal(got["W0"][n], W0[n]) for n in names) or bool((got["weights"].ok & ~ok).any()):
         return None
-    return got["weights"]
+    rendered = dict(got["rendered"])
+    if got["names"] != names:  # the relative-change plot lists the parameters in this process' order
+        rendered.pop("rel_change", None)
+    return got["weights"], got["notes"], rendered
+
+
+def _after_last_pattern(name: str, n_layers: int) -> bool:
+    """Whether parameter ``name`` plays no part in the last layer's ``hook_pattern``.
+
+    Its values and output, its MLP, the final LayerNorm, the unembedding: the probe forward stops at that hook
+    (:func:`patterns`) and takes any parameter it is not given from the model.
+    """
+    last = f"blocks.{n_layers - 1}."
+    return name.startswith(("unembed.", "ln_final.", last + "mlp.", last + "ln2.")) or name in {
+        last + "attn." + w for w in ("W_V", "_W_V", "b_V", "_b_V", "W_O", "b_O")}
 
 
 def detection_scores(pattern: Float[Tensor, "ckpt probe head q k"],

@@ -46,9 +46,14 @@ def report(results: list[SeriesResult], out_dir: Path, layers=None, heads=None) 
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # its 512 x 512 eigh (condensation view) spins for seconds with 2 threads on a busy machine
-    metrics = {"series": [r.to_json() for r in results]}
+    metrics = {}
+
+    def to_json() -> dict:  # while a forked helper renders the figures
+        metrics["series"] = [r.to_json() for r in results]
+        return metrics
+
     try:
-        write_report(results, out_dir, "Checkpoint series analysis", layers=layers, heads=heads, metrics=metrics)
+        write_report(results, out_dir, "Checkpoint series analysis", layers=layers, heads=heads, metrics=to_json)
     finally:
         torch.set_num_threads(threads)
     return metrics

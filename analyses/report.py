@@ -42,7 +42,8 @@ class Report:
         self.title = title
         self.parts: list[str] = []
         self._cv_bundle = False  # circuitsvis JavaScript already on the page
-        self._later: list[tuple[int, Callable[[], Any], str | None, int]] = []  # figure_later: (part, make, ...)
+        self._later: list[tuple] = []  # figure_later: (part, make, caption, dpi, cost)
+        self._started: list[tuple[list, PngRenderer]] = []  # start_figures: pending figures being rendered
 
 
     def h2(self, text: str) -> Report:
@@ -70,20 +71,41 @@ class Report:
         """Embed a matplotlib Figure as a base64 PNG at most ``MAX_WIDTH_PX`` wide (and release it)."""
         return self._img(base64.b64encode(png_bytes(fig, dpi)).decode(), caption, "figure")
 
-    def figure_later(self, make: Callable[[], Any], caption: str | None = None, dpi: int = 110) -> Report:
+    def figure_later(self, make: Callable[[], Any], caption: str | None = None, dpi: int = 110,
+                     cost: float = 1.0) -> Report:
         """A figure made by ``make()`` and embedded as :meth:`figure` does, when the page is rendered.
 
-        The pending figures are rendered together (:meth:`render_figures`), on two cores where the platform forks.
+        The pending figures are rendered together (:meth:`render_figures`), on two cores where the platform forks,
+        the costliest first (``cost``: e.g. the number of panels).
         """
-        self._later.append((len(self.parts), make, caption, dpi))
+        self._later.append((len(self.parts), make, caption, dpi, cost))
         self.parts.append("")
         return self
 
-    def render_figures(self, workers: int = 2) -> Report:
-        """Render the :meth:`figure_later` figures (:func:`render_pngs`) into their places."""
+    def start_figures(self, workers: int = 2) -> Report:
+        """Start rendering the pending :meth:`figure_later` figures now (:class:`PngRenderer`).
+
+        :meth:`render_figures` (or :meth:`render`) finishes them; :meth:`stop_figures` abandons them.
+        """
         later, self._later = self._later, []
-        for (i, _, caption, _), png in zip(later, render_pngs([(m, d) for _, m, _, d in later], workers)):
-            self.parts[i] = self._img_html(base64.b64encode(png).decode(), caption, "figure")
+        self._started.append((later, PngRenderer([(m, d) for _, m, _, d, _ in later], workers,
+                                                 order=sorted(range(len(later)), key=lambda j: -later[j][4]))))
+        return self
+
+    def stop_figures(self) -> None:
+        """Stop the helpers of :meth:`start_figures` (e.g. on an error before the page is rendered)."""
+        for _, renderer in self._started:
+            renderer.close()
+        self._started = []
+
+    def render_figures(self, workers: int = 2) -> Report:
+        """Render the :meth:`figure_later` figures into their places (on ``workers`` processes)."""
+        if self._later:
+            self.start_figures(workers)
+        started, self._started = self._started, []
+        for later, renderer in started:
+            for (i, _, caption, _, _), png in zip(later, renderer.result()):
+                self.parts[i] = self._img_html(base64.b64encode(png).decode(), caption, "figure")
         return self
 
     def image(self, png: bytes, caption: str | None = None) -> Report:
@@ -136,7 +158,7 @@ class Report:
 
     def render(self) -> str:
         """The whole page."""
-        if self._later:
+        if self._later or self._started:
             self.render_figures()
         t = html.escape(self.title)
         return (
@@ -179,33 +201,60 @@ def png_bytes(fig, dpi: float = 110) -> bytes:
 
 
 def render_pngs(jobs: Sequence[tuple[Callable[[], Any], float]], workers: int = 2) -> list[bytes]:
-    """PNG bytes (:func:`png_bytes`) of ``make()`` for each ``(make, dpi)``, in order.
+    """PNG bytes (:func:`png_bytes`) of ``make()`` for each ``(make, dpi)``, in order (:class:`PngRenderer`)."""
+    return PngRenderer(jobs, workers).result()
 
-    With ``workers=2`` (and a platform that forks) a forked process (``sslens.procs.Forked``) and this one take
-    the figures one at a time from a shared counter; whatever the child does not hand back is rendered here.
+
+class PngRenderer:
+    """Renders ``(make, dpi)`` figures to PNG bytes, starting a forked helper at once.
+
+    With ``workers=2`` (and a platform that forks) a forked process (``sslens.procs.Forked``) starts taking the
+    figures one at a time from a shared counter when this object is made; :meth:`result` takes the rest here
+    (so the caller can do other work in between) and renders whatever the child does not hand back. ``order``:
+    the order in which figures are taken (default: as given).
     """
-    from sslens.procs import Forked, fork_available
 
-    if workers < 2 or len(jobs) < 2 or not fork_available():
-        return [png_bytes(make(), dpi) for make, dpi in jobs]
-    import multiprocessing
+    def __init__(self, jobs: Sequence[tuple[Callable[[], Any], float]], workers: int = 2,
+                 order: Sequence[int] | None = None):
+        from sslens.procs import Forked, fork_available
 
-    counter = multiprocessing.get_context("fork").Value("i", 0)
+        self.jobs, self.child, self.counter = list(jobs), None, None
+        self.order = list(order) if order is not None else list(range(len(self.jobs)))
+        if workers >= 2 and len(self.jobs) >= 2 and fork_available():
+            import multiprocessing
 
-    def take() -> dict[int, bytes]:
+            self.counter = multiprocessing.get_context("fork").Value("i", 0)
+            self.child = Forked(self._take)
+
+    def _take(self) -> dict[int, bytes]:
         out = {}
         while True:
-            with counter.get_lock():
-                i = counter.value
-                counter.value += 1
-            if i >= len(jobs):
+            if self.counter is None:  # one process: in order
+                i = len(out)
+            else:
+                with self.counter.get_lock():
+                    i = self.counter.value
+                    self.counter.value += 1
+            if i >= len(self.jobs):
                 return out
-            out[i] = png_bytes(jobs[i][0](), jobs[i][1])
+            j = self.order[i]
+            out[j] = png_bytes(self.jobs[j][0](), self.jobs[j][1])
 
-    with Forked(take) as child:
-        out = take()
-        out.update(child.result() or {})
-    return [out[i] if i in out else png_bytes(jobs[i][0](), jobs[i][1]) for i in range(len(jobs))]
+    def close(self) -> None:
+        """Stop the forked helper if it still runs."""
+        if self.child is not None:
+            self.child.close()
+
+    def result(self) -> list[bytes]:
+        """Every figure's PNG bytes, in order."""
+        try:
+            out = self._take()
+            if self.child is not None:
+                out.update(self.child.result() or {})
+        finally:
+            if self.child is not None:
+                self.child.close()
+        return [out[i] if i in out else png_bytes(self.jobs[i][0](), self.jobs[i][1]) for i in range(len(self.jobs))]
 
 
 def _release(fig) -> None:

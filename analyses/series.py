@@ -386,6 +386,9 @@ class SeriesResult:
     notes: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
     views: Views | None = None
+    #: PNG bytes of ``plot(what)`` already rendered from this result's data at the report's dpi (the batched
+    #: analysis renders its weight plots in its helper process); ``write_report`` embeds them as they are
+    rendered: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     # -- export ---------------------------------------------------------------------------------------------
     def _L(self, li: int) -> int:
@@ -448,15 +451,18 @@ class SeriesResult:
                 return [clean(y) for y in x]
             return None if isinstance(x, float) and math.isnan(x) else x
 
+        def listed(v: Tensor) -> list:
+            return clean(v.tolist()) if v.is_floating_point() and bool(torch.isnan(v).any()) else v.tolist()
+
         return {
             "name": self.name, "steps": self.steps, "n_layers": self.n_layers, "n_heads": self.n_heads,
             "layer_ids": self.layer_ids, "head_ids": self.head_ids,
             "notes": self.notes, "meta": self.meta,
-            "head": {m: clean(v.tolist()) for m, v in self.head.items() if not torch.isnan(v).all()},
-            "composition": {m: clean(v.tolist()) for m, v in self.composition.items()},
-            "layer": {m: clean(v.tolist()) for m, v in self.layer.items()},
-            "rel_change": {k: clean(v.tolist()) for k, v in self.rel_change.items()},
-            "key_mass_top": {str(t): clean(self.key_mass[:, :, :, self.key_tokens.index(t)].tolist())
+            "head": {m: listed(v) for m, v in self.head.items() if not torch.isnan(v).all()},
+            "composition": {m: listed(v) for m, v in self.composition.items()},
+            "layer": {m: listed(v) for m, v in self.layer.items()},
+            "rel_change": {k: listed(v) for k, v in self.rel_change.items()},
+            "key_mass_top": {str(t): listed(self.key_mass[:, :, :, self.key_tokens.index(t)])
                              for t in self.top_key_tokens()},
         }
 

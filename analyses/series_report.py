@@ -7,7 +7,7 @@ inline in a notebook and embeds in a :class:`sslens.analyses.report.Report`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from matplotlib.figure import Figure
@@ -15,6 +15,8 @@ from matplotlib.figure import Figure
 from sslens.analyses.head_metrics import RANK_METRICS
 
 WHAT = ("rank", "attention", "scores", "composition", "rel_change", "key_mass", "condensation")
+WEIGHT_PLOTS = ("rank", "composition", "rel_change", "condensation")  # plots of weight metrics only
+FIGURE_DPI = 80  # the report's figures: text layout dominates render time
 
 
 def _log_x(ax, steps: Sequence[int]) -> None:
@@ -137,20 +139,27 @@ def pattern_view(res, layers: Sequence[int] | None = None, heads: Sequence[int] 
 
 
 def write_report(results: list, out_dir: str | Path, title: str = "Series analysis", layers=None, heads=None,
-                 json_name: str = "metrics.json", html_name: str = "report.html", metrics: dict | None = None,
-                 workers: int = 2) -> tuple[Path, Path]:
-    """``metrics.json`` (every result's :meth:`to_json`, or ``metrics``) and a self-contained ``report.html``.
+                 json_name: str = "metrics.json", html_name: str = "report.html",
+                 metrics: Callable[[], dict] | None = None, workers: int = 2) -> tuple[Path, Path]:
+    """``metrics.json`` (every result's :meth:`to_json`, or ``metrics()``) and a self-contained ``report.html``.
 
-    The figures are rendered on ``workers`` processes (``sslens.analyses.report.render_pngs``).
+    The figures are rendered on ``workers`` processes (``sslens.analyses.report.PngRenderer``), the forked one
+    starting before metrics.json is written.
     """
     from sslens.analyses.report import Report
     from sslens.store import atomic_write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / json_name, metrics if metrics is not None else {"series": [r.to_json() for r in results]})
     rep = Report(title)
-    fig = lambda make, caption: rep.figure_later(make, caption, dpi=80)  # noqa: E731 - text layout dominates render time
+
+    def fig(r, what: str, caption: str) -> None:
+        if what in r.rendered:  # already rendered from this result's data (the batched analysis' helper)
+            rep.image(r.rendered[what], caption)
+        else:
+            panels = {"rank": 6, "scores": 4, "composition": 3}.get(what, 1) * max(r.n_layers, 1)
+            rep.figure_later(lambda: plot(r, what), caption, dpi=FIGURE_DPI, cost=panels)
+
     rep.note("Weights are analysed as the model holds them (no LayerNorm folding), cast to float64.")
     for r in results:
         rep.h2(f"{r.name}: {len(r.steps)} states, steps {r.steps[0]}..{r.steps[-1]}, "
@@ -158,23 +167,27 @@ def write_report(results: list, out_dir: str | Path, title: str = "Series analys
         for n in r.notes:
             rep.note(n)
         rep.table(r.final(), f"every head metric at step {r.steps[-1]}")
-        fig(lambda r=r: plot(r, "rank"), "QK = W_Q W_K^T and OV = W_V W_O: effective rank (Roy & Vetterli), stable rank, "
+        fig(r, "rank", "QK = W_Q W_K^T and OV = W_V W_O: effective rank (Roy & Vetterli), stable rank, "
                                     "top-1 energy per layer and head (docs/theory.md §3)")
         if not torch.isnan(r.head["entropy"]).all():
-            fig(lambda r=r: plot(r, "attention"), "attention entropy -sum a log(a + 1e-8) on the probe, per head")
-            fig(lambda r=r: plot(r, "key_mass"), "attention mass by key token on the probe (top tokens)")
-        fig(lambda r=r: plot(r, "scores"), "previous-token and prefix-matching (induction) scores (TransformerLens "
+            fig(r, "attention", "attention entropy -sum a log(a + 1e-8) on the probe, per head")
+            fig(r, "key_mass", "attention mass by key token on the probe (top tokens)")
+        fig(r, "scores", "previous-token and prefix-matching (induction) scores (TransformerLens "
                                       f"head_detector patterns), QK/OV eigenvalue scores ({r.meta.get('eig_space', '-')} space)")
         if r.composition:
-            fig(lambda r=r: plot(r, "composition"), "Q/K/V composition scores (transformer_lens.utils.composition_scores)")
+            fig(r, "composition", "Q/K/V composition scores (transformer_lens.utils.composition_scores)")
         if r.rel_change:
-            fig(lambda r=r: plot(r, "rel_change"), "relative change per parameter")
+            fig(r, "rel_change", "relative change per parameter")
         if r.neurons:
-            fig(lambda r=r: plot(r, "condensation"), "MLP neurons' input-weight cosine matrix, reordered by the principal "
+            fig(r, "condensation", "MLP neurons' input-weight cosine matrix, reordered by the principal "
                                                 "eigenvector (condensation, docs/theory.md §3)")
         v = pattern_view(r, layers, heads)
         if v is not None:
             rep.circuitsvis(v, "attention patterns on the first probe sequence (layer, head, step per panel)")
-    rep.render_figures(workers)
-    rep.save(out / html_name)
+    rep.start_figures(workers)
+    try:
+        atomic_write_json(out / json_name, metrics() if metrics is not None else {"series": [r.to_json() for r in results]})
+        rep.save(out / html_name)
+    finally:
+        rep.stop_figures()
     return out / json_name, out / html_name
