@@ -359,7 +359,8 @@ class WeightsJob:
 def start_weights(path: str, config: str | None = None, probe: Tensor | None = None) -> WeightsJob | None:
     """A :class:`WeightsJob` for a directory of state dicts of a plain HookedTransformer, else None.
 
-    ``path`` needs a HookedTransformerConfig (``config.json`` or ``config``) and a platform that forks. Reads
+    ``path`` needs a HookedTransformerConfig (``config.json`` or ``config``), a platform that forks and two
+    cores (``sslens.procs.helpers_pay``). Reads
     no TransformerLens; any doubt (and any error, which :func:`sslens.checkpoints.open_series` reports)
     gives None.
     """
@@ -367,9 +368,9 @@ def start_weights(path: str, config: str | None = None, probe: Tensor | None = N
 
     from sslens.checkpoints import _SSLENS_KEYS, state_dict_files
     from sslens.errors import SslensError
-    from sslens.procs import fork_available
+    from sslens.procs import helpers_pay
 
-    if not fork_available() or path.startswith("pretrained:"):
+    if not helpers_pay() or path.startswith("pretrained:"):
         return None
     p = Path(path)
     try:

@@ -40,8 +40,8 @@ def analyze_series(series: Series, probe: torch.Tensor | None = None, progress: 
     return analyze_states(checkpoint_source(series, probe), views=views, progress=progress)
 
 
-def report(results: list[SeriesResult], out_dir: Path, layers=None, heads=None) -> dict:
-    """``metrics.json`` and ``report.html`` in ``out_dir``; returns the metrics."""
+def report(results: list[SeriesResult], out_dir: Path, layers=None, heads=None, workers: int = 2) -> dict:
+    """``metrics.json`` and ``report.html`` in ``out_dir``; returns the metrics (figures on ``workers`` processes)."""
     from sslens.analyses.series_report import write_report
 
     threads = torch.get_num_threads()
@@ -53,7 +53,8 @@ def report(results: list[SeriesResult], out_dir: Path, layers=None, heads=None) 
         return metrics
 
     try:
-        write_report(results, out_dir, "Checkpoint series analysis", layers=layers, heads=heads, metrics=to_json)
+        write_report(results, out_dir, "Checkpoint series analysis", layers=layers, heads=heads, metrics=to_json,
+                     workers=workers)
     finally:
         torch.set_num_threads(threads)
     return metrics

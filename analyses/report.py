@@ -208,7 +208,7 @@ def render_pngs(jobs: Sequence[tuple[Callable[[], Any], float]], workers: int = 
 class PngRenderer:
     """Renders ``(make, dpi)`` figures to PNG bytes, starting a forked helper at once.
 
-    With ``workers=2`` (and a platform that forks) a forked process (``sslens.procs.Forked``) starts taking the
+    With ``workers=2`` (a platform that forks, two cores) a forked process (``sslens.procs.Forked``) starts taking the
     figures one at a time from a shared counter when this object is made; :meth:`result` takes the rest here
     (so the caller can do other work in between) and renders whatever the child does not hand back. ``order``:
     the order in which figures are taken (default: as given).
@@ -216,11 +216,11 @@ class PngRenderer:
 
     def __init__(self, jobs: Sequence[tuple[Callable[[], Any], float]], workers: int = 2,
                  order: Sequence[int] | None = None):
-        from sslens.procs import Forked, fork_available
+        from sslens.procs import Forked, helpers_pay
 
         self.jobs, self.child, self.counter = list(jobs), None, None
         self.order = list(order) if order is not None else list(range(len(self.jobs)))
-        if workers >= 2 and len(self.jobs) >= 2 and fork_available():
+        if workers >= 2 and len(self.jobs) >= 2 and helpers_pay():
             import multiprocessing
 
             self.counter = multiprocessing.get_context("fork").Value("i", 0)

@@ -47,6 +47,19 @@ def fork_available() -> bool:
     return hasattr(os, "fork") and sys.platform != "win32"
 
 
+def cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def helpers_pay() -> bool:
+    """Whether a forked helper can run beside this process: fork is available and >= 2 cores are ours."""
+    return fork_available() and cores() >= 2
+
+
 class Forked:
     """``fn(*args)`` in a forked child; :meth:`result` waits for its return value (``None`` if it failed).
 
