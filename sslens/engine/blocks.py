@@ -14,6 +14,7 @@ batched matmul over (run, class) of ``[n_max, d] x [d, M]``; padded slots carry 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -75,14 +76,15 @@ class ClassBlocks:
 
 
 def loss_and_grads_blocks(
-    Z: Float[Tensor, "R M M"], Y: list[Tensor], batch: CountBatch, blocks: ClassBlocks
-) -> tuple[Float[Tensor, "R"], Float[Tensor, "R M M"], list[Tensor]]:
+    Z: Float[Tensor, "R q M"], Y: list[Tensor], batch: CountBatch, blocks: ClassBlocks,
+    rows: Int[Tensor, "R batch"] | None = None,
+) -> tuple[Float[Tensor, "R"], Float[Tensor, "R q M"], list[Tensor]]:
     """``grad.loss_and_grads`` with Y given as ``ClassBlocks.split`` pieces; the gradient in Y comes as pieces too."""
     Y_C, Y_D, Y_rest = Y
-    R, M, _ = Z.shape
+    R, q, M = Z.shape
     B, s = batch.counts.shape[1:]
     c, d, K = blocks.c, blocks.d, blocks.K
-    zidx, b, nb, f = support_forward(Z, batch)
+    zidx, b, nb, f = support_forward(Z, batch, rows)
 
     klass = batch.klass
     onehot = F.one_hot(klass, K)  # [R, B, K]
@@ -98,19 +100,23 @@ def loss_and_grads_blocks(
 
     logits = torch.bmm(F_C, Y_C)  # [R, P, M]
     logits.view(R * K, n_max, M).baddbmm_(F_D3, Y_D3)
-    logp = torch.log_softmax(logits, dim=-1)
+    G = torch.softmax(logits, dim=-1)
     tgt = torch.zeros(R, P, dtype=torch.long).scatter_(1, pos, batch.target)[..., None]
     weight = torch.zeros(R, P, dtype=Z.dtype).scatter_(1, pos, torch.full_like(pos, 1.0 / B, dtype=Z.dtype))[..., None]
-    loss = -(logp.gather(2, tgt) * weight).sum((1, 2))
+    logp_t = G.gather(2, tgt).log_()  # log softmax at the target, one pass fewer than log_softmax + exp
+    tiny = logp_t < math.log(torch.finfo(Z.dtype).tiny) + 8  # p_t near underflow: log_softmax's value instead
+    if bool(tiny.any()):
+        logp_t = torch.where(tiny, logits.gather(2, tgt) - torch.logsumexp(logits, -1, keepdim=True), logp_t)
+    loss = -(logp_t * weight).sum((1, 2))
 
-    G = logp.exp_().scatter_add_(2, tgt, torch.full_like(tgt, -1, dtype=Z.dtype)).mul_(weight)  # 0 on padding
+    G.scatter_add_(2, tgt, torch.full_like(tgt, -1, dtype=Z.dtype)).mul_(weight)  # 0 on padding
     G3 = G.view(R * K, n_max, M)
     gY_C = torch.bmm(F_C.transpose(1, 2), G)
     gY_D = torch.bmm(F_D3.transpose(1, 2), G3).view(R, K * d, M)
     gf_C = torch.bmm(G, Y_C.transpose(1, 2)).gather(1, pos[..., None].expand(R, B, c))
     gf_D = torch.bmm(G3, Y_D3.transpose(1, 2)).view(R, P, d).gather(1, pos[..., None].expand(R, B, d))
     gf = torch.zeros(R, B, s, dtype=Z.dtype).scatter_(2, cslot, gf_C).scatter_(2, dslot, gf_D)
-    return loss, support_backward(gf, zidx, b, nb, f, M), [gY_C, gY_D, torch.zeros_like(Y_rest)]
+    return loss, support_backward(gf, zidx, b, nb, f, q, M), [gY_C, gY_D, torch.zeros_like(Y_rest)]
 
 
 __all__ = ["ClassBlocks", "loss_and_grads_blocks"]

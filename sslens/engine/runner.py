@@ -124,17 +124,34 @@ def train_many(
             "common tokens + disjoint equal-sized distinct blocks", "auto, dense")
     if products == "auto" and blocks is not None and not blocks.worth_it(M, c0.batch):
         blocks = None
-    params = [Z, *blocks.split(Y)] if blocks is not None else [Z, Y]
+    # Z's rows of query tokens and Y's rows of contextual tokens get gradients; the other rows (Z_rest, Y_rest)
+    # never do, so they only move under weight decay and skip the optimizer when every run's decay is 0
+    qrows = sorted(set(spec.queries))
+    zorder = torch.tensor(qrows + sorted(set(range(M)) - set(qrows)))
+    zinv, qpos = torch.argsort(zorder), torch.full((M,), -1, dtype=torch.long)
+    qpos[qrows] = torch.arange(len(qrows))
+    Zp = Z[:, zorder]
+    Y_pieces = blocks.split(Y) if blocks is not None else [Y]
+    live = [Zp[:, : len(qrows)].contiguous(), *Y_pieces[:2]]
+    still = [Zp[:, len(qrows) :].contiguous(), *Y_pieces[2:]]
     lr_Z, lr_Y = (per_run([rate_of(c.lr, n) for c in cfgs], dtype) for n in TRAINABLE)
+    lrs = [lr_Z] + [lr_Y] * (len(live) - 1) + [lr_Z] + [lr_Y] * (len(still) - 1)
+    decays = any(c.weight_decay != 0 for c in cfgs)
+    params = live + still if decays else live
     opt = BatchedOptimizer(
-        c0.optimizer, params, [lr_Z] + [lr_Y] * (len(params) - 1),
+        c0.optimizer, params, lrs[: len(params)],
         per_run([c.momentum for c in cfgs], dtype), per_run([c.weight_decay for c in cfgs], dtype),
         (per_run([c.betas[0] for c in cfgs], dtype), per_run([c.betas[1] for c in cfgs], dtype)),
     )
+    zero_grads = [torch.zeros_like(p) for p in still] if decays else []
 
     def weights(params: list[Tensor]) -> tuple[Tensor, Tensor]:
         """(Z, Y) in token order (copies)."""
-        return params[0].clone(), blocks.join(params[1:]) if blocks is not None else params[1].clone()
+        pieces = params if decays else params + still
+        n = len(live)
+        Z = torch.cat([pieces[0], pieces[n]], dim=1)[:, zinv]
+        Y_all = pieces[1:n] + pieces[n + 1 :]
+        return Z, blocks.join(Y_all) if blocks is not None else Y_all[0].clone()
 
     scheduled = any(c.lr_schedule != "constant" for c in cfgs)
     clip = torch.tensor([c.grad_clip if c.grad_clip is not None else float("inf") for c in cfgs], dtype=dtype)
@@ -155,12 +172,15 @@ def train_many(
     bar = tqdm(range(steps), disable=not progress, desc=f"engine M={M} R={R}", unit="step", dynamic_ncols=True)
     for step in bar:
         batch = CountBatch.stack([draw(k) for k in keys]).index(stream)
+        rows = qpos[batch.query]  # each sample's row in Z_Q
         if blocks is not None:
-            loss, gZ, gY = loss_and_grads_blocks(params[0], params[1:], batch, blocks)
-            grads = [gZ, *gY]
+            Y_rest = params[len(live) + 1 :] if decays else still[1:]
+            loss, gZ, gY = loss_and_grads_blocks(params[0], params[1 : len(live)] + Y_rest, batch, blocks, rows)
+            grads = [gZ, *gY[:2]]
         else:
-            loss, gZ, gY = loss_and_grads(params[0], params[1], batch)
+            loss, gZ, gY = loss_and_grads(params[0], params[1], batch, rows)
             grads = [gZ, gY]
+        grads += zero_grads
         losses[step] = loss.double()
         bad = ~torch.isfinite(loss) & alive
         for r in torch.nonzero(bad).flatten().tolist():
