@@ -115,14 +115,20 @@ def atomic_save_tensors(
         raise
 
 
-def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Load a safetensors file and its sslens JSON metadata (no unpickling)."""
+def load_tensors(path: Path, keys: Iterable[str] | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Load a safetensors file (only ``keys``, if given) and its sslens JSON metadata (no unpickling)."""
     path = Path(path)
     if not path.exists():
         raise SslensError("checkpoint", f"no such file {path}", "an existing .safetensors file")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("sslens", "{}"))
+            if keys is not None:
+                names = set(f.keys())
+                missing = [k for k in keys if k not in names]
+                if missing:
+                    raise SslensError("checkpoint", f"{path} has no tensor {missing[0]!r}", "a key of the file")
+                return {k: f.get_tensor(k) for k in keys}, meta
         return load_file(str(path)), meta
     except (OSError, ValueError, RuntimeError, SafetensorError, json.JSONDecodeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -232,8 +238,8 @@ class RunStore:
     def save_checkpoint(self, step: int, tensors: dict[str, Tensor], metadata: dict) -> None:
         atomic_save_tensors(self.checkpoint_path(step), tensors, {"step": step, **metadata})
 
-    def load_checkpoint(self, step: int | None = None) -> tuple[dict[str, Tensor], dict]:
-        """Tensors and metadata of checkpoint ``step`` (default: the latest)."""
+    def load_checkpoint(self, step: int | None = None, keys: Iterable[str] | None = None) -> tuple[dict[str, Tensor], dict]:
+        """Tensors (only ``keys``, if given) and metadata of checkpoint ``step`` (default: the latest)."""
         steps = self.checkpoint_steps()
         if not steps:
             raise SslensError("run", f"{self.path} has no checkpoints", "a run with checkpoints/step_*.safetensors")
@@ -241,7 +247,7 @@ class RunStore:
             step = steps[-1]
         if step not in steps:
             raise SslensError("step", f"no checkpoint at step {step}", ", ".join(map(str, steps)))
-        return load_tensors(self.checkpoint_path(step))
+        return load_tensors(self.checkpoint_path(step), keys)
 
     def load_latest_readable(self) -> tuple[dict[str, Tensor], dict, list[tuple[int, str]]]:
         """The newest checkpoint that loads, and ``[(step, reason)]`` of the newer ones that did not.

@@ -182,3 +182,42 @@ def test_engine_flushes_a_group_once_before_any_complete(tmp_path, monkeypatch):
         assert store.complete and store.checkpoint_steps() == [0, 5]
         assert torch.equal(store.load_model().blocks[0].attn.W_Q[0], r["Z"])
 
+
+
+def test_block_products_equal_dense_and_the_hooked_transformer_runs(gen):
+    """The class-block decoder products (engine/blocks.py) give the dense products' loss and gradients, and whole
+    runs (SGD momentum + weight decay; AdamW + clipping) equal the HookedTransformer runs."""
+    from sslens.data.sequence_classes import SequenceClass, SequenceClassSpec
+    from sslens.engine.blocks import ClassBlocks, loss_and_grads_blocks
+    from sslens.engine.grad import loss_and_grads
+    from sslens.engine.sampler import CountBatch, Supports
+
+    s = syn_medium(3, T=24)
+    sup = Supports(s)
+    blocks = ClassBlocks.of(sup)
+    assert (blocks.c, blocks.d, blocks.K) == (10, 10, 6)
+    batch = CountBatch.stack([sup.from_tokens(*sample(s, 32, gen)[:2], dtype=torch.float64) for _ in range(3)])
+    Z, Y = (torch.randn(3, s.M, s.M, dtype=torch.float64, generator=gen) for _ in range(2))
+    loss, gZ, gY = loss_and_grads(Z, Y, batch)
+    loss_b, gZ_b, gY_b = loss_and_grads_blocks(Z, blocks.split(Y), batch, blocks)
+    assert torch.allclose(loss, loss_b, atol=1e-12) and torch.allclose(gZ, gZ_b, atol=1e-12)
+    assert torch.allclose(gY, blocks.join(gY_b), atol=1e-12)
+    sgd = cfg(s, 1, 2.0, 4.0, steps=15)
+    sgd.weight_decay = 0.01
+    adamw = cfg(s, 2, 0.05, 0.1, steps=15)
+    adamw.optimizer, adamw.grad_clip, adamw.weight_decay, adamw.momentum = "adamw", 0.5, 0.0, 0.0  # rows without
+    # gradients skip the optimizer without decay, and take it with decay (sgd)
+    for c in (sgd, adamw):
+        (r,) = train_many([c], progress=False, products="blocks")
+        (d,) = train_many([c], progress=False, products="dense")
+        model, _ = train(c, progress=False)
+        assert torch.allclose(r["Z"], d["Z"], atol=1e-10) and torch.allclose(r["Y"], d["Y"], atol=1e-10)
+        assert torch.allclose(model.blocks[0].attn.W_Q[0], r["Z"], atol=1e-6)
+        assert torch.allclose(model.unembed.W_U, r["Y"], atol=1e-6)
+    # supports that are not common + disjoint blocks: no block layout, and asking for one names the field
+    odd = SequenceClassSpec(M=6, classes=(SequenceClass(4, 5, {0: 1.0, 1: 1.0}), SequenceClass(5, 4, {1: 1.0, 2: 1.0, 3: 1.0})), T=8)
+    assert ClassBlocks.of(Supports(odd)) is None
+    bad = TrainConfig(model=scan_snap_config(6, n_ctx=8), task=SequenceClassTask(odd).to_dict(), steps=2, batch=4,
+                      lr={"*": 1.0}, record_n=0)
+    with pytest.raises(SslensError, match=r"^products"):
+        train_many([bad], progress=False, products="blocks")

@@ -16,26 +16,46 @@ class in the authors' data), which is why this is several times faster than auto
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from sslens.engine.sampler import CountBatch
 
 
-def loss_and_grads(
-    Z: Float[Tensor, "R M M"], Y: Float[Tensor, "R M M"], batch: CountBatch
-) -> tuple[Float[Tensor, "R"], Float[Tensor, "R M M"], Float[Tensor, "R M M"]]:
-    """Mean cross-entropy of each run over its batch and its gradients in Z and Y (batch is ``[R, B, s]``)."""
-    R, M, _ = Z.shape
-    B = batch.counts.shape[1]
-    support, counts = batch.support, batch.counts.to(Z.dtype)
-    zidx = (batch.query[..., None] * M + support).reshape(R, -1)  # flat index of z[m, S_s]
-    zs = Z.reshape(R, M * M).gather(1, zidx).view_as(counts)
+def support_forward(Z: Float[Tensor, "R q M"], batch: CountBatch, rows: Int[Tensor, "R batch"] | None = None) -> tuple:
+    """The support-level forward: ``(zidx, b, ||b||, f)`` (flat index of z[m, S_s], attention mass, its norm, f).
+
+    ``Z`` holds the rows of Z that ``rows`` index (each sample's query row; default: all of Z, rows = the query)."""
+    R, q, M = Z.shape
+    counts = batch.counts.to(Z.dtype)
+    rows = batch.query if rows is None else rows
+    zidx = (rows[..., None] * M + batch.support).reshape(R, -1)  # flat index of z[m, S_s]
+    zs = Z.reshape(R, q * M).gather(1, zidx).view_as(counts)
     zs = zs.masked_fill(counts == 0, float("-inf"))
     w = counts * torch.exp(zs - zs.amax(-1, keepdim=True))
     b = w / w.sum(-1, keepdim=True)
     nb = b.norm(dim=-1, keepdim=True)
-    f = b / nb
+    return zidx, b, nb, b / nb
+
+
+def support_backward(gf: Float[Tensor, "R batch s"], zidx, b, nb, f, q: int, M: int) -> Float[Tensor, "R q M"]:
+    """dZ (on the ``q`` rows of :func:`support_forward`) from the gradient in f: through f = b / ||b|| and the
+    softmax b (module docstring)."""
+    R = gf.shape[0]
+    gb = (gf - f * (f * gf).sum(-1, keepdim=True)) / nb
+    gz = b * (gb - (b * gb).sum(-1, keepdim=True))
+    return torch.zeros(R, q * M, dtype=gf.dtype).scatter_add_(1, zidx, gz.reshape(R, -1)).view(R, q, M)
+
+
+def loss_and_grads(
+    Z: Float[Tensor, "R q M"], Y: Float[Tensor, "R M M"], batch: CountBatch, rows: Int[Tensor, "R batch"] | None = None
+) -> tuple[Float[Tensor, "R"], Float[Tensor, "R q M"], Float[Tensor, "R M M"]]:
+    """Mean cross-entropy of each run over its batch and its gradients in Z and Y (batch is ``[R, B, s]``);
+    ``Z``/``rows`` as in :func:`support_forward` (Z's other rows have no gradient)."""
+    R, q, M = Z.shape
+    B = batch.counts.shape[1]
+    support = batch.support
+    zidx, b, nb, f = support_forward(Z, batch, rows)
     fd = torch.zeros(R, B, M, dtype=Z.dtype).scatter_add_(2, support, f)  # f on all M tokens
     logp = torch.log_softmax(torch.bmm(fd, Y), dim=-1)
     tgt = batch.target[..., None]
@@ -44,10 +64,7 @@ def loss_and_grads(
     G = logp.exp_().scatter_add_(2, tgt, torch.full_like(tgt, -1, dtype=Z.dtype)).div_(B)
     gY = torch.bmm(fd.transpose(1, 2), G)
     gf = torch.bmm(G, Y.transpose(1, 2)).gather(2, support)
-    gb = (gf - f * (f * gf).sum(-1, keepdim=True)) / nb
-    gz = b * (gb - (b * gb).sum(-1, keepdim=True))
-    gZ = torch.zeros(R, M * M, dtype=Z.dtype).scatter_add_(1, zidx, gz.reshape(R, -1)).view(R, M, M)
-    return loss, gZ, gY
+    return loss, support_backward(gf, zidx, b, nb, f, q, M), gY
 
 
-__all__ = ["loss_and_grads"]
+__all__ = ["loss_and_grads", "support_forward", "support_backward"]

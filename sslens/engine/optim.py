@@ -60,7 +60,7 @@ class BatchedOptimizer:
 
     def _sgd_all_alive(self, params: list[Tensor], grads: list[Tensor], factor: float) -> list[Tensor]:
         """The SGD branch above when every run is alive: the same arithmetic in three passes, not eight
-        (no ``where`` masks, the weight-decay term only when some run has one; the buffer updated in place)."""
+        (no ``where`` masks, the weight-decay term only when some run has one; buffer and parameters updated in place)."""
         wd = bool((self.wd != 0).any())
         out = []
         for i, (p, g, lr) in enumerate(zip(params, grads, self.lrs)):
@@ -69,7 +69,7 @@ class BatchedOptimizer:
                 g = g + self.wd * p
             buf = s1.mul_(self.mu).add_(g)  # s1 = 0 at t = 1, so buf = g exactly
             self.state[i] = (buf, s2)
-            out.append(torch.addcmul(p, buf, lr * factor, value=-1))  # p - lr buf in one pass
+            out.append(p.addcmul_(buf, lr * factor, value=-1))  # p - lr buf in one pass, in place (the engine owns p)
         return out
 
 

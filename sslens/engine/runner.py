@@ -11,13 +11,16 @@ Adam, AdamW, constant or warmup-cosine rates, gradient clipping -- as ``sslens.t
 from __future__ import annotations
 
 import fnmatch
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from sslens import compat
+from sslens.engine.blocks import ClassBlocks, loss_and_grads_blocks
 from sslens.engine.grad import loss_and_grads
 from sslens.engine.optim import BatchedOptimizer, per_run
 from sslens.engine.sampler import CountBatch, Supports
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 
 SAMPLERS = ("tokens", "counts")
 CHECKPOINTS = ("ends", "end")
+PRODUCTS = ("auto", "blocks", "dense")
 W_Q, W_U = TRAINABLE  # "blocks.0.attn.W_Q" (Z), "unembed.W_U" (Y)
 
 
@@ -76,6 +80,7 @@ def train_many(
     sampler: str = "tokens",
     checkpoints: str = "ends",
     on_step: Callable[[int], None] | None = None,
+    products: str = "auto",
 ) -> list[dict]:
     """Train every config with the count engine; returns per run ``{"Z", "Y", "losses", "diverged_at"}``.
 
@@ -83,12 +88,15 @@ def train_many(
     (``checkpoints="ends"``) or only the end (``"end"``), each with every HookedTransformer parameter
     (no optimizer state), metrics.jsonl, COMPLETE, and -- when the config records (``record_n > 0``) --
     recordings by the real CircuitRecorder at ``record`` = "ends" (0 and last) or "schedule".
-    ``on_step(n_runs)`` is called after every step (sweep progress).
+    ``on_step(n_runs)`` is called after every step (sweep progress). ``products``: the decoder products on the
+    class blocks of the supports (``blocks``, sslens.engine.blocks), dense (``dense``), or blocks where the spec
+    has them and they do fewer multiply-adds (``auto``); the same numbers up to rounding.
     """
     _check(cfgs)
     require(record in ("ends", "schedule"), "record", f"got {record!r}", "ends, schedule")
     require(sampler in SAMPLERS, "sampler", f"got {sampler!r}", ", ".join(SAMPLERS))
     require(checkpoints in CHECKPOINTS, "checkpoints", f"got {checkpoints!r}", ", ".join(CHECKPOINTS))
+    require(products in PRODUCTS, "products", f"got {products!r}", ", ".join(PRODUCTS))
     c0 = cfgs[0]
     task = build_task(c0.task)
     assert isinstance(task, SequenceClassTask)
@@ -110,11 +118,41 @@ def train_many(
     stream = torch.tensor([keys.index(key(c)) for c in cfgs])
     Z = torch.stack([inits[key(c)][0] for c in cfgs])
     Y = torch.stack([inits[key(c)][1] for c in cfgs])
+    # Y as ClassBlocks pieces when the block products are cheaper (docs/engine.md, "Block products"); else dense
+    blocks = ClassBlocks.of(supports) if products != "dense" else None
+    require(products != "blocks" or blocks is not None, "products", "blocks, but the task's class supports are not "
+            "common tokens + disjoint equal-sized distinct blocks", "auto, dense")
+    if products == "auto" and blocks is not None and not blocks.worth_it(M, c0.batch):
+        blocks = None
+    # Z's rows of query tokens and Y's rows of contextual tokens get gradients; the other rows (Z_rest, Y_rest)
+    # never do, so they only move under weight decay and skip the optimizer when every run's decay is 0
+    qrows = sorted(set(spec.queries))
+    zorder = torch.tensor(qrows + sorted(set(range(M)) - set(qrows)))
+    zinv, qpos = torch.argsort(zorder), torch.full((M,), -1, dtype=torch.long)
+    qpos[qrows] = torch.arange(len(qrows))
+    Zp = Z[:, zorder]
+    Y_pieces = blocks.split(Y) if blocks is not None else [Y]
+    live = [Zp[:, : len(qrows)].contiguous(), *Y_pieces[:2]]
+    still = [Zp[:, len(qrows) :].contiguous(), *Y_pieces[2:]]
+    lr_Z, lr_Y = (per_run([rate_of(c.lr, n) for c in cfgs], dtype) for n in TRAINABLE)
+    lrs = [lr_Z] + [lr_Y] * (len(live) - 1) + [lr_Z] + [lr_Y] * (len(still) - 1)
+    decays = any(c.weight_decay != 0 for c in cfgs)
+    params = live + still if decays else live
     opt = BatchedOptimizer(
-        c0.optimizer, [Z, Y], [per_run([rate_of(c.lr, n) for c in cfgs], dtype) for n in TRAINABLE],
+        c0.optimizer, params, lrs[: len(params)],
         per_run([c.momentum for c in cfgs], dtype), per_run([c.weight_decay for c in cfgs], dtype),
         (per_run([c.betas[0] for c in cfgs], dtype), per_run([c.betas[1] for c in cfgs], dtype)),
     )
+    zero_grads = [torch.zeros_like(p) for p in still] if decays else []
+
+    def weights(params: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """(Z, Y) in token order (copies)."""
+        pieces = params if decays else params + still
+        n = len(live)
+        Z = torch.cat([pieces[0], pieces[n]], dim=1)[:, zinv]
+        Y_all = pieces[1:n] + pieces[n + 1 :]
+        return Z, blocks.join(Y_all) if blocks is not None else Y_all[0].clone()
+
     scheduled = any(c.lr_schedule != "constant" for c in cfgs)
     clip = torch.tensor([c.grad_clip if c.grad_clip is not None else float("inf") for c in cfgs], dtype=dtype)
     clipped = bool(torch.isfinite(clip).any())
@@ -122,7 +160,7 @@ def train_many(
     diverged_at: list[int | None] = [None] * R
     sched = [set(c.schedule()) | {0, steps} if record == "schedule" else {0, steps} for c in cfgs]
     want = set().union(*sched)
-    snaps = {0: (Z.clone(), Y.clone())}
+    snaps = {0: weights(params)}
     losses = torch.empty(steps, R, dtype=torch.float64)
 
     def draw(k) -> CountBatch:
@@ -134,28 +172,37 @@ def train_many(
     bar = tqdm(range(steps), disable=not progress, desc=f"engine M={M} R={R}", unit="step", dynamic_ncols=True)
     for step in bar:
         batch = CountBatch.stack([draw(k) for k in keys]).index(stream)
-        loss, gZ, gY = loss_and_grads(Z, Y, batch)
+        rows = qpos[batch.query]  # each sample's row in Z_Q
+        if blocks is not None:
+            Y_rest = params[len(live) + 1 :] if decays else still[1:]
+            loss, gZ, gY = loss_and_grads_blocks(params[0], params[1 : len(live)] + Y_rest, batch, blocks, rows)
+            grads = [gZ, *gY[:2]]
+        else:
+            loss, gZ, gY = loss_and_grads(params[0], params[1], batch, rows)
+            grads = [gZ, gY]
+        grads += zero_grads
         losses[step] = loss.double()
         bad = ~torch.isfinite(loss) & alive
         for r in torch.nonzero(bad).flatten().tolist():
             diverged_at[r] = step + 1  # as sslens.train: the step whose loss is non-finite; no update
         alive &= ~bad
         if not alive.all():  # a dead run's gradients are non-finite; keep them out of the clip norm and buffers
-            gZ, gY = gZ.nan_to_num_(), gY.nan_to_num_()
+            grads = [g.nan_to_num_() for g in grads]
         if clipped:  # torch.nn.utils.clip_grad_norm_ over both parameters
-            total = torch.sqrt(gZ.square().sum((1, 2)) + gY.square().sum((1, 2)))
+            total = torch.sqrt(sum(g.square().sum((1, 2)) for g in grads))
             coef = torch.where(torch.isfinite(clip), (clip / (total + 1e-6)).clamp(max=1.0), torch.ones_like(clip))
-            gZ, gY = gZ * coef.view(-1, 1, 1), gY * coef.view(-1, 1, 1)
+            grads = [g * coef.view(-1, 1, 1) for g in grads]
         factor = per_run([lr_factor(c, step) for c in cfgs], dtype) if scheduled else 1.0
-        Z, Y = opt.step([Z, Y], [gZ, gY], alive, factor)
+        params = opt.step(params, grads, alive, factor)
         if step + 1 in want:
-            snaps[step + 1] = (Z.clone(), Y.clone())
+            snaps[step + 1] = weights(params)
         if on_step is not None:
             on_step(R)
         if progress and step % 10 == 0:
             bar.set_postfix(loss=f"{loss[alive].mean().item() if alive.any() else float('nan'):.3g}", alive=int(alive.sum()))
     bar.close()
 
+    Z, Y = weights(params)
     results = [{"Z": Z[r], "Y": Y[r], "losses": losses[:, r].tolist(), "diverged_at": diverged_at[r]} for r in range(R)]
     if outs is not None:
         require(len(outs) == R, "outs", f"{len(outs)} directories for {R} runs", "one per config")
@@ -198,8 +245,7 @@ def _write_store(store: RunStore, cfg: TrainConfig, model: HookedTransformer | N
     if result["diverged_at"]:
         config["diverged_at"] = result["diverged_at"]
     store.write_config(config)
-    frozen = {f"model.{n}": p for n, p in frozen_params(cfg.model["M"], cfg.model.get("n_ctx", cfg.task.get("spec", {}).get("T", 128)),
-                                                         cfg.model.get("dtype", "float32")).items()}
+    frozen = _frozen(cfg.model["M"], cfg.model.get("n_ctx", cfg.task.get("spec", {}).get("T", 128)), cfg.model.get("dtype", "float32"))
     keep = {0, last} if checkpoints == "ends" else {last}
     rec = None
     if cfg.record_n > 0:
@@ -226,6 +272,12 @@ def _write_store(store: RunStore, cfg: TrainConfig, model: HookedTransformer | N
     store.write_metrics({"step": i + 1, "loss": v} for i, v in enumerate(result["losses"][:last]))
     if result["diverged_at"] is None and complete:
         store.mark_complete({"steps": cfg.steps, "engine": "counts", "sampler": sampler})
+
+
+@functools.lru_cache(maxsize=8)
+def _frozen(M: int, n_ctx: int, dtype: str) -> dict[str, Tensor]:
+    """``frozen_params`` under checkpoint names, built once per shape (only ever written, never modified)."""
+    return {f"model.{n}": p for n, p in frozen_params(M, n_ctx, dtype).items()}
 
 
 def finished(store: RunStore) -> bool:

@@ -22,6 +22,8 @@ from torch import Tensor
 
 from sslens.data.sequence_classes import SequenceClassSpec
 
+FIELDS = ("support", "counts", "query", "target", "klass")
+
 
 @dataclass
 class CountBatch:
@@ -31,14 +33,15 @@ class CountBatch:
     counts: Float[Tensor, "*lead batch s"]
     query: Int[Tensor, "*lead batch"]
     target: Int[Tensor, "*lead batch"]
+    klass: Int[Tensor, "*lead batch"]  # each sample's class (row of the spec)
 
     def index(self, idx: Int[Tensor, "R"]) -> "CountBatch":
         """Rows ``idx`` of a stacked batch (runs sharing a data stream share its batch)."""
-        return CountBatch(self.support[idx], self.counts[idx], self.query[idx], self.target[idx])
+        return CountBatch(*(getattr(self, f)[idx] for f in FIELDS))
 
     @staticmethod
     def stack(batches: list["CountBatch"]) -> "CountBatch":
-        return CountBatch(*(torch.stack([getattr(b, f) for b in batches]) for f in ("support", "counts", "query", "target")))
+        return CountBatch(*(torch.stack([getattr(b, f) for b in batches]) for f in FIELDS))
 
     def dense(self, M: int) -> Float[Tensor, "*lead batch M"]:
         """Counts over all M tokens (zeros off the support)."""
@@ -81,7 +84,7 @@ class Supports:
         if (slots < 0).any():
             raise ValueError("a contextual token lies off its class's support; tokens are not from this spec")
         counts = torch.zeros(tokens.shape[0], self.table.shape[1], dtype=dtype).scatter_add_(1, slots, torch.ones_like(slots, dtype=dtype))
-        return CountBatch(self.table[klass], counts, query, target)
+        return CountBatch(self.table[klass], counts, query, target, klass)
 
     def sample_counts(self, batch: int, generator: torch.Generator, dtype=torch.float32) -> CountBatch:
         """Exact count sampler: class ~ Uniform(K), counts ~ Multinomial(T-1, P(.|class)) (binomial chain)."""
@@ -93,7 +96,7 @@ class Supports:
             n_j = torch.binomial(left, cond[:, j], generator=generator)
             counts[:, j] = n_j
             left = left - n_j
-        return CountBatch(self.table[klass], counts.to(dtype), self.queries[klass], self.nexts[klass])
+        return CountBatch(self.table[klass], counts.to(dtype), self.queries[klass], self.nexts[klass], klass)
 
 
 __all__ = ["CountBatch", "Supports"]

@@ -51,7 +51,7 @@ def points(num_last=NUM_LAST, eta_Z=ETA_Z, ratio=RATIO, seeds=SEEDS, steps=100, 
 def final_c(run_dir: Path):
     """Final c_n of a run (from its last checkpoint) and its spec."""
     store = RunStore(run_dir)
-    tensors, _ = store.load_checkpoint()
+    tensors, _ = store.load_checkpoint(keys=["model.blocks.0.attn.W_Q"])
     spec = spec_from_dict(store.read_config()["task"]["spec"])
     Z = tensors["model.blocks.0.attn.W_Q"][0].double()
     return composition(Z, spec.P(), spec.queries), spec

@@ -248,6 +248,8 @@ def make_jobs(runs: list[tuple[str, dict]], runs_dir: Path, fn=None, max_batch: 
                             "cost": cfg["steps"] * cfg["batch"]})
     jobs = []
     for members in groups.values():
+        # runs sharing a data stream (seed, init) in one chunk: each stream is then sampled once
+        members.sort(key=lambda m: (m[1].get("seed", 0), str(m[1].get("model", {}).get("init", "zero"))))
         for i in range(0, len(members), max_batch):
             chunk = members[i : i + max_batch]
             c0 = chunk[0][1]
@@ -482,7 +484,7 @@ def run_result(run_dir: Path) -> dict:
         from sslens.theory.c_n import composition, distinct_entropy
 
         spec = spec_from_dict(config["task"]["spec"])
-        Z = store.load_checkpoint()[0]["model.blocks.0.attn.W_Q"][0].double()
+        Z = store.load_checkpoint(keys=["model.blocks.0.attn.W_Q"])[0]["model.blocks.0.attn.W_Q"][0].double()
         row["entropy_distinct"] = distinct_entropy(composition(Z, spec.P(), spec.queries), spec.distinct).mean().item()
     if row["status"] == "failed":
         try:
