@@ -17,6 +17,11 @@ parameters ``[checkpoint, ...]`` with ONE model:
 Handled only for plain HookedTransformers rebuilt from a config (``Series.files``) whose parameter names are
 the state dict's; everything else (sslens runs, sslens models with variant hooks, pretrained series, a run's
 task probe) takes the per-checkpoint path.
+
+:func:`start_weights` (``sslens analyze-checkpoints``, before TransformerLens is imported) forks a helper that
+computes the weight metrics (:class:`WeightMetrics`, no model needed), finds the non-finite states and renders the
+report's weight plots; :func:`analyze_stacked` then runs only the probe forwards and takes the helper's result
+when it read the files the same way (else computes it itself): docs/analysis.md, "Batched path".
 """
 
 from __future__ import annotations
