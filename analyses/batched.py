@@ -285,12 +285,13 @@ def _dims(X: dict[str, Tensor], n_layers: int | None = None) -> tuple[int, int, 
 
 
 def weights_of_files(files: list[Path], steps: list[int], probe_shape: tuple[int, int] | None, n_ctx: int,
-                     name: str | None = None) -> dict:
+                     name: str | None = None, waiting=None) -> dict:
     """:class:`WeightMetrics` of ``files``, read and chunked as :func:`analyze_stacked` does.
 
     Also returns what :func:`analyze_stacked` checks before using them (names, dtypes, first parameters, chunk
     size) and the notes on non-finite states; runs in :class:`WeightsJob`'s child. With ``name`` (the series'),
-    also the report's weight plots (``series_report.WEIGHT_PLOTS``) as PNG bytes.
+    also the report's weight plots (``series_report.WEIGHT_PLOTS``) as PNG bytes, until ``waiting.value`` is set
+    (the parent waits for this result: it renders the rest itself).
     """
     from sslens.checkpoints import load_state_dict
 
@@ -309,12 +310,12 @@ def weights_of_files(files: list[Path], steps: list[int], probe_shape: tuple[int
     w.W0 = None  # the parent compares its own first parameters with these
     out = {"names": names, "dtypes": dtypes, "chunk": chunk, "W0": W0, "weights": w, "notes": notes, "rendered": {}}
     if name is not None:
-        out["rendered"] = _weight_plots(w, name, steps, names)
+        out["rendered"] = _weight_plots(w, name, steps, names, waiting)
     return out
 
 
-def _weight_plots(w: WeightMetrics, name: str, steps: list[int], names: list[str]) -> dict[str, bytes]:
-    """PNG bytes of the report's weight plots of ``w`` (as ``write_report`` renders them)."""
+def _weight_plots(w: WeightMetrics, name: str, steps: list[int], names: list[str], waiting=None) -> dict[str, bytes]:
+    """PNG bytes of the report's weight plots of ``w`` (as ``write_report`` renders them), until ``waiting.value``."""
     from sslens.analyses.report import png_bytes
     from sslens.analyses.series_report import FIGURE_DPI, WEIGHT_PLOTS, plot
 
@@ -327,7 +328,13 @@ def _weight_plots(w: WeightMetrics, name: str, steps: list[int], names: list[str
             res.neurons.setdefault(l, {})[steps[i]] = w.neurons[l][i]
     shown = {"rank": True, "composition": bool(res.composition), "rel_change": bool(res.rel_change),
              "condensation": bool(res.neurons)}
-    return {what: png_bytes(plot(res, what), FIGURE_DPI) for what in WEIGHT_PLOTS if shown[what]}
+    out = {}
+    for what in WEIGHT_PLOTS:
+        if waiting is not None and waiting.value:
+            break
+        if shown[what]:
+            out[what] = png_bytes(plot(res, what), FIGURE_DPI)
+    return out
 
 
 class WeightsJob:
@@ -340,15 +347,19 @@ class WeightsJob:
 
     def __init__(self, files: list[Path], steps: list[int], probe_shape: tuple[int, int] | None, n_ctx: int,
                  name: str | None = None):
+        import multiprocessing
+
         from sslens.procs import Forked
 
         self.files, self.steps, self.name = list(files), list(steps), name
         self.used = False
-        self.proc = Forked(weights_of_files, self.files, self.steps, probe_shape, n_ctx, name)
+        self.waiting = multiprocessing.get_context("fork").Value("b", 0, lock=False)  # set: the parent waits
+        self.proc = Forked(weights_of_files, self.files, self.steps, probe_shape, n_ctx, name, self.waiting)
 
-    def result(self) -> dict | None:
-        """The child's result (None when it failed)."""
-        return self.proc.result()
+    def result(self, timeout: float | None = None) -> dict | None:
+        """The child's result (None when it failed or took over ``timeout`` s); it renders no more plots now."""
+        self.waiting.value = 1
+        return self.proc.result(timeout)
 
     def close(self) -> None:
         """Stop the child if it still runs."""
@@ -464,6 +475,9 @@ def _analyze(series, probe, views, progress, seed, chunk, threads, job) -> Serie
     pool = ThreadPoolExecutor(1) if threads > 1 and not use_job else None
     bar = tqdm(total=S, disable=not progress, desc=f"analyze {series.name} (batched)", unit="step")
     ok = torch.zeros(S, dtype=torch.bool)
+    import time
+
+    t_loop = time.monotonic()
     for idx, X, rows in _chunks(reader, files, fwd, dtypes, chunk, check, None if use_job else res.notes, steps):
         ok[rows] = True
         if not len(rows):
@@ -497,7 +511,9 @@ def _analyze(series, probe, views, progress, seed, chunk, threads, job) -> Serie
     if pool is not None:
         pool.shutdown()
     if use_job:
-        got = _job_result(job, names, dtypes, chunk, W0, dims, ok)
+        # the helper does about what this loop did; far longer means it is stuck (e.g. a library's lock that a
+        # fork copied held): then it is killed and its part computed here
+        got = _job_result(job, names, dtypes, chunk, W0, dims, ok, timeout=60 + 4 * (time.monotonic() - t_loop))
         if got is None:  # the child failed or read the files differently: compute the weight metrics here
             notes: list[str] = []
             for _, X, rows in _chunks(StateDictReader(files[0], names), files, names, dtypes, chunk, notes=notes,
@@ -526,13 +542,14 @@ def _analyze(series, probe, views, progress, seed, chunk, threads, job) -> Serie
     return res
 
 
-def _job_result(job: WeightsJob, names, dtypes, chunk, W0, dims, ok) -> tuple[WeightMetrics, list[str], dict] | None:
+def _job_result(job: WeightsJob, names, dtypes, chunk, W0, dims, ok,
+                timeout: float | None = None) -> tuple[WeightMetrics, list[str], dict] | None:
     """The job's :class:`WeightMetrics`, notes and plots, when the child read the parameters as this process does.
 
     Same names, dtypes, first parameters and chunks; the states it found finite are among those ``ok`` here
     (which read fewer parameters).
     """
-    got = job.result()
+    got = job.result(timeout)
     if not got or set(got["names"]) != set(names) or got["chunk"] != chunk or got["weights"].dims != dims \
             or any(got["dtypes"][n] != dtypes[n] for n in names) \
             or not all(torch.equal(got["W0"][n], W0[n]) for n in names) or bool((got["weights"].ok & ~ok).any()):

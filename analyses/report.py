@@ -247,10 +247,13 @@ class PngRenderer:
 
     def result(self) -> list[bytes]:
         """Every figure's PNG bytes, in order."""
+        import time
+
         try:
+            t = time.monotonic()
             out = self._take()
-            if self.child is not None:
-                out.update(self.child.result() or {})
+            if self.child is not None:  # far longer than this process took means stuck: rendered here instead
+                out.update(self.child.result(timeout=60 + 4 * (time.monotonic() - t)) or {})
         finally:
             if self.child is not None:
                 self.child.close()

@@ -92,17 +92,36 @@ class Forked:
         os.close(w)
         self.pid, self._r, self._done, self._value = pid, r, False, None
 
-    def result(self) -> Any:
-        """The child's return value, or ``None`` when it raised or died (``self.error`` says why)."""
+    def result(self, timeout: float | None = None) -> Any:
+        """The child's return value, or ``None`` when it raised, died or ran past ``timeout`` seconds.
+
+        A child past its timeout is killed; ``self.error`` says why there is no value.
+        """
         if not self._done:
+            import select
+            import time
+
             self._done = True
+            end = None if timeout is None else time.monotonic() + timeout
+            chunks, late = [], False
             try:
-                with os.fdopen(self._r, "rb") as f:
-                    data = f.read()  # until the child closes the pipe (it exits right after)
+                while True:  # until the child closes the pipe (it exits right after)
+                    left = None if end is None else end - time.monotonic()
+                    if left is not None and (left <= 0 or not select.select([self._r], [], [], left)[0]):
+                        late = True
+                        os.kill(self.pid, signal.SIGKILL)
+                        break
+                    chunk = os.read(self._r, 1 << 20)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
             finally:
+                os.close(self._r)
                 _, status = os.waitpid(self.pid, 0)
+            data = b"" if late else b"".join(chunks)
+            why = f"no result within {timeout} s (killed)" if late else f"the child died (wait status {status})"
             try:
-                kind, value = pickle.loads(data) if data else ("error", f"the child died (wait status {status})")
+                kind, value = pickle.loads(data) if data else ("error", why)
             except (pickle.UnpicklingError, EOFError, ValueError) as e:
                 kind, value = "error", f"unreadable result ({e})"
             if kind == "ok":

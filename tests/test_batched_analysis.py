@@ -5,6 +5,8 @@ rel 1e-5, abs 1e-6 -- the reference computes singular values and eigenvalue scor
 dtype), the batched path the singular values in float64 (QR core) and eigenvalues without eigenvectors.
 """
 
+import re
+
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -175,3 +177,24 @@ def test_a_job_that_does_not_fit_is_not_used(tmp_path):
         batched.analyze_stacked(open_series(str(tmp_path / "a")), progress=False, job=job)
     job.close()
     assert batched.start_weights(str(tmp_path / "nowhere")) is None and batched.start_weights("pretrained:gpt2") is None
+
+
+def test_the_helpers_weight_plots_are_the_reports(tmp_path):
+    """The weight plots the helper renders (weights_of_files with the series' name) are byte for byte the PNGs the
+    report renders from the finished result, and the report embeds them unchanged."""
+    from sslens.analyses.report import png_bytes
+    from sslens.analyses.series_report import FIGURE_DPI, plot, write_report
+
+    write_series(tmp_path / "ck", CONFIGS["ln_mlp"], n=4)
+    s = open_series(str(tmp_path / "ck"))
+    files = [s.files[t] for t in s.steps]
+    got = batched.weights_of_files(files, s.steps, None, 12, name=s.name)
+    res = batched.analyze_stacked(s, progress=False, threads=1)
+    assert sorted(got["rendered"]) == ["composition", "condensation", "rank", "rel_change"]
+    for what, png in got["rendered"].items():
+        assert png == png_bytes(plot(res, what), FIGURE_DPI), what
+    write_report([res], tmp_path / "a", workers=1)
+    res.rendered = got["rendered"]
+    write_report([res], tmp_path / "b", workers=2)
+    strip = lambda p: re.sub(r"circuits-vis-[0-9a-f-]+", "", p.read_text())  # noqa: E731 - random view ids
+    assert strip(tmp_path / "a" / "report.html") == strip(tmp_path / "b" / "report.html")

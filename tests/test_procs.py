@@ -24,6 +24,10 @@ def test_result_and_error():
         assert f.result() is None and f.error == "ValueError: no"
     with Forked(os._exit, 3) as f:  # dies without a result
         assert f.result() is None and "died" in f.error
+    with Forked(time.sleep, 30) as f:  # stuck: killed at the timeout
+        t = time.monotonic()
+        assert f.result(timeout=0.5) is None and "within 0.5 s" in f.error and time.monotonic() - t < 5
+        assert gone(f.pid, within=0.1)
 
 
 def gone(pid: int, within: float = 5.0) -> bool:
