@@ -47,6 +47,19 @@ def main() -> None:
 
     ht = sum(per_step(hooked(c), k) * n_per_group * 100 for c in sample.values())
     pl = sum(per_step(plain(c), k) * n_per_group * 100 for c in sample.values())
+    # the block products (docs/engine.md, "Block products") against the dense ones: one M = 240 group of 80 runs
+    group = sorted((c for _, p, c in pts if p[0] == max(NUM_LAST)), key=lambda c: c.seed)[:80]
+    group = [type(c).from_dict({**c.to_dict(), "steps": 10 if QUICK else 30}) for c in group]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    per = {}
+    for products in ("dense", "auto", "dense", "auto"):  # interleaved, best of 2
+        t = time.perf_counter()
+        train_many(group, progress=False, products=products)
+        per[products] = min(per.get(products, math.inf), (time.perf_counter() - t) / group[0].steps)
+    torch.set_num_threads(threads)
+    print(f"one M = 240 group (80 runs), one thread: dense products {per['dense'] * 1e3:.0f} ms/step, block products "
+          f"{per['auto'] * 1e3:.0f} ms/step  -> {per['dense'] / per['auto']:.2f}x")
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
         run_fig6(d, progress=False, workers=2)

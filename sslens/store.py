@@ -78,10 +78,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    """``obj`` as sorted, indented JSON (a large object -- over 16 KiB compact -- one line per top-level key,
-    through json's C encoder: the pure-Python indenting encoder made config.json writes a tenth of a sweep)."""
+    """``obj`` as sorted, indented JSON (an object over 2 KiB compact -- a run's config.json -- one line per
+    top-level key, through json's C encoder: the pure-Python indenting encoder made config.json writes a tenth of
+    a sweep)."""
     compact = json.dumps(obj, sort_keys=True)
-    if len(compact) <= 16384 or not isinstance(obj, dict):
+    if len(compact) <= 2048 or not isinstance(obj, dict):
         text = json.dumps(obj, indent=2, sort_keys=True)
     else:
         text = "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(obj.items())) + "\n}"

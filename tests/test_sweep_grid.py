@@ -65,6 +65,14 @@ def test_toml_spec_engine_and_hooked_runs_equal_direct_training(tmp_path):
     ref = store.read_metrics()
     assert float(r["final_loss"]) == pytest.approx(ref[-1]["loss"], abs=1e-5)
     assert int(r["steps"]) == 6
+    # entropy_distinct (written by the engine into COMPLETE) = the Fig. 6 formula on the HookedTransformer run's Z
+    from sslens.theory.c_n import composition, distinct_entropy
+
+    spec = syn_small(T=16)
+    Z = store.load_checkpoint(keys=["model.blocks.0.attn.W_Q"])[0]["model.blocks.0.attn.W_Q"][0].double()
+    ent = distinct_entropy(composition(Z, spec.P(), spec.queries), spec.distinct).mean().item()
+    assert float(r["entropy_distinct"]) == pytest.approx(ent, abs=1e-5)
+    assert "entropy_distinct" in json.loads((tmp_path / "yz" / "runs" / r["name"] / "COMPLETE").read_text())["result"]
     # a standard HookedTransformer (Adam) through sslens.train: rows are its own metrics
     (tmp_path / "std.json").write_text(json.dumps({"base": std_cfg().to_dict(), "grid": {"seed": [1, 2, 3]}}))
     assert main(["sweep", "grid", str(tmp_path / "std.json"), "--out", str(tmp_path / "std"), "--workers", "2",

@@ -14,7 +14,6 @@ batched matmul over (run, class) of ``[n_max, d] x [d, M]``; padded slots carry 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sslens.engine.grad import support_backward, support_forward
+from sslens.engine.grad import support_backward, support_forward, target_log_prob
 from sslens.engine.sampler import CountBatch, Supports
 
 
@@ -103,11 +102,7 @@ def loss_and_grads_blocks(
     G = torch.softmax(logits, dim=-1)
     tgt = torch.zeros(R, P, dtype=torch.long).scatter_(1, pos, batch.target)[..., None]
     weight = torch.zeros(R, P, dtype=Z.dtype).scatter_(1, pos, torch.full_like(pos, 1.0 / B, dtype=Z.dtype))[..., None]
-    logp_t = G.gather(2, tgt).log_()  # log softmax at the target, one pass fewer than log_softmax + exp
-    tiny = logp_t < math.log(torch.finfo(Z.dtype).tiny) + 8  # p_t near underflow: log_softmax's value instead
-    if bool(tiny.any()):
-        logp_t = torch.where(tiny, logits.gather(2, tgt) - torch.logsumexp(logits, -1, keepdim=True), logp_t)
-    loss = -(logp_t * weight).sum((1, 2))
+    loss = -(target_log_prob(G, logits, tgt) * weight).sum((1, 2))
 
     G.scatter_add_(2, tgt, torch.full_like(tgt, -1, dtype=Z.dtype)).mul_(weight)  # 0 on padding
     G3 = G.view(R * K, n_max, M)

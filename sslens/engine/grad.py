@@ -15,6 +15,8 @@ class in the authors' data), which is why this is several times faster than auto
 
 from __future__ import annotations
 
+import math
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -47,6 +49,16 @@ def support_backward(gf: Float[Tensor, "R batch s"], zidx, b, nb, f, q: int, M: 
     return torch.zeros(R, q * M, dtype=gf.dtype).scatter_add_(1, zidx, gz.reshape(R, -1)).view(R, q, M)
 
 
+def target_log_prob(G: Float[Tensor, "R n M"], logits: Float[Tensor, "R n M"], tgt: Int[Tensor, "R n 1"]) -> Float[Tensor, "R n 1"]:
+    """log softmax(logits) at the target from the softmax ``G`` already computed for the gradient (one pass fewer
+    than log_softmax + exp); where that probability nears underflow, log_softmax's value (logit - logsumexp)."""
+    logp = G.gather(2, tgt).log_()
+    tiny = logp < math.log(torch.finfo(G.dtype).tiny) + 8
+    if bool(tiny.any()):
+        logp = torch.where(tiny, logits.gather(2, tgt) - torch.logsumexp(logits, -1, keepdim=True), logp)
+    return logp
+
+
 def loss_and_grads(
     Z: Float[Tensor, "R q M"], Y: Float[Tensor, "R M M"], batch: CountBatch, rows: Int[Tensor, "R batch"] | None = None
 ) -> tuple[Float[Tensor, "R"], Float[Tensor, "R q M"], Float[Tensor, "R M M"]]:
@@ -57,14 +69,15 @@ def loss_and_grads(
     support = batch.support
     zidx, b, nb, f = support_forward(Z, batch, rows)
     fd = torch.zeros(R, B, M, dtype=Z.dtype).scatter_add_(2, support, f)  # f on all M tokens
-    logp = torch.log_softmax(torch.bmm(fd, Y), dim=-1)
+    logits = torch.bmm(fd, Y)
+    G = torch.softmax(logits, dim=-1)
     tgt = batch.target[..., None]
-    loss = -logp.gather(2, tgt).squeeze(-1).mean(1)
+    loss = -target_log_prob(G, logits, tgt).squeeze(-1).mean(1)
 
-    G = logp.exp_().scatter_add_(2, tgt, torch.full_like(tgt, -1, dtype=Z.dtype)).div_(B)
+    G.scatter_add_(2, tgt, torch.full_like(tgt, -1, dtype=Z.dtype)).div_(B)
     gY = torch.bmm(fd.transpose(1, 2), G)
     gf = torch.bmm(G, Y.transpose(1, 2)).gather(2, support)
     return loss, support_backward(gf, zidx, b, nb, f, q, M), gY
 
 
-__all__ = ["loss_and_grads", "support_forward", "support_backward"]
+__all__ = ["loss_and_grads", "support_forward", "support_backward", "target_log_prob"]

@@ -28,6 +28,7 @@ from sslens.errors import SslensError, require
 from sslens.models.scan_snap import DTYPES, TRAINABLE, frozen_params, init_Z_Y, scan_snap
 from sslens.store import RunStore, deferred_fsync
 from sslens.tasks import SequenceClassTask, build_task
+from sslens.theory.c_n import composition, distinct_entropy
 from sslens.train import TrainConfig, lr_factor
 
 if TYPE_CHECKING:
@@ -213,10 +214,13 @@ def train_many(
             for r, (cfg, out) in enumerate(zip(cfgs, outs)):
                 weights = {s: (snaps[s][0][r], snaps[s][1][r]) for s in sorted(sched[r]) if s in snaps}
                 write_store(out, cfg, template, weights, results[r], task, sampler, checkpoints, complete=False)
-        for cfg, out, res in zip(cfgs, outs, results):
+        # the Fig. 6 metric of each final Z (docs/theory.md §1.4), as sweeps' results.csv reads it from checkpoints
+        entropy = distinct_entropy(composition(Z.double(), spec.P(), spec.queries), spec.distinct).mean(-1).tolist()
+        for cfg, out, res, ent in zip(cfgs, outs, results, entropy):
             if res["diverged_at"] is None:
                 with RunStore(out).writing() as store:
-                    store.mark_complete({"steps": cfg.steps, "engine": "counts", "sampler": sampler})
+                    store.mark_complete({"steps": cfg.steps, "engine": "counts", "sampler": sampler,
+                                         "result": {"entropy_distinct": ent}})
     return results
 
 

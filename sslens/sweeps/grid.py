@@ -478,7 +478,8 @@ def run_result(run_dir: Path) -> dict:
             info = {}
         for k, v in (info.get("result") or {}).items():
             row[k] = v
-    if row["status"] in ("complete", "diverged") and config.get("model", {}).get("kind") == "scan_snap" \
+    if "entropy_distinct" not in row and row["status"] in ("complete", "diverged") \
+            and config.get("model", {}).get("kind") == "scan_snap" \
             and config.get("task", {}).get("kind") == "sequence_classes" and store.checkpoint_steps():
         from sslens.data.sequence_classes import spec_from_dict
         from sslens.theory.c_n import composition, distinct_entropy
