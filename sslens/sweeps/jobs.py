@@ -20,12 +20,8 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import os
 import re
 import shutil
-import signal
-import sys
-import threading
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -182,36 +178,12 @@ def _run(job: dict, dirs: list[Path], todo: list[int]) -> None:
 
 
 # ----- local worker processes -------------------------------------------------------------------
-PR_SET_PDEATHSIG = 1
-
-
 def worker_init(parent_pid: int, threads: int) -> None:
-    """Pool initializer: die with the parent (SIGKILL, SIGTERM, Ctrl-C) within a second.
+    """Pool initializer: die with the parent (SIGKILL, SIGTERM, Ctrl-C) within a second
+    (:func:`sslens.procs.die_with_parent`); Ctrl-C is left to the parent, which kills its workers."""
+    from sslens.procs import die_with_parent
 
-    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (the kernel kills us when the parent dies); everywhere:
-    a watchdog thread that polls the parent pid. Ctrl-C is left to the parent, which kills its workers.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-    def watchdog() -> None:
-        import time
-
-        while True:
-            time.sleep(0.2)
-            if os.getppid() != parent_pid:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    threading.Thread(target=watchdog, name="sslens-parent-watchdog", daemon=True).start()
+    die_with_parent(parent_pid)
     if threads:
         import torch
 
