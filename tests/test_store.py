@@ -31,6 +31,11 @@ def test_tensors_roundtrip_with_metadata(tmp_path):
     got, meta = load_tensors(tmp_path / "a.safetensors")
     assert torch.equal(got["x"], t["x"]) and torch.equal(got["rng"], t["rng"])
     assert meta == {"step": 3, "groups": [{"lr": 0.5}]}
+    # one tensor only (the sweeps read W_Q alone); a key the file lacks is a one-line error naming it
+    only, meta = load_tensors(tmp_path / "a.safetensors", keys=["x"])
+    assert list(only) == ["x"] and torch.equal(only["x"], t["x"]) and meta["step"] == 3
+    with pytest.raises(SslensError, match=r"^checkpoint: .*no tensor 'y'"):
+        load_tensors(tmp_path / "a.safetensors", keys=["x", "y"])
 
 
 def test_truncated_and_pickled_files_are_refused(tmp_path):

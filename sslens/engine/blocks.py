@@ -78,8 +78,9 @@ def loss_and_grads_blocks(
     Z: Float[Tensor, "R q M"], Y: list[Tensor], batch: CountBatch, blocks: ClassBlocks,
     rows: Int[Tensor, "R batch"] | None = None,
 ) -> tuple[Float[Tensor, "R"], Float[Tensor, "R q M"], list[Tensor]]:
-    """``grad.loss_and_grads`` with Y given as ``ClassBlocks.split`` pieces; the gradient in Y comes as pieces too."""
-    Y_C, Y_D, Y_rest = Y
+    """``grad.loss_and_grads`` with Y given as its ``[Y_C, Y_D]`` pieces (``ClassBlocks.split``); the gradient in Y
+    comes as those two pieces (Y_rest has none)."""
+    Y_C, Y_D = Y
     R, q, M = Z.shape
     B, s = batch.counts.shape[1:]
     c, d, K = blocks.c, blocks.d, blocks.K
@@ -111,7 +112,7 @@ def loss_and_grads_blocks(
     gf_C = torch.bmm(G, Y_C.transpose(1, 2)).gather(1, pos[..., None].expand(R, B, c))
     gf_D = torch.bmm(G3, Y_D3.transpose(1, 2)).view(R, P, d).gather(1, pos[..., None].expand(R, B, d))
     gf = torch.zeros(R, B, s, dtype=Z.dtype).scatter_(2, cslot, gf_C).scatter_(2, dslot, gf_D)
-    return loss, support_backward(gf, zidx, b, nb, f, q, M), [gY_C, gY_D, torch.zeros_like(Y_rest)]
+    return loss, support_backward(gf, zidx, b, nb, f, q, M), [gY_C, gY_D]
 
 
 __all__ = ["ClassBlocks", "loss_and_grads_blocks"]

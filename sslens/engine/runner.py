@@ -175,9 +175,8 @@ def train_many(
         batch = CountBatch.stack([draw(k) for k in keys]).index(stream)
         rows = qpos[batch.query]  # each sample's row in Z_Q
         if blocks is not None:
-            Y_rest = params[len(live) + 1 :] if decays else still[1:]
-            loss, gZ, gY = loss_and_grads_blocks(params[0], params[1 : len(live)] + Y_rest, batch, blocks, rows)
-            grads = [gZ, *gY[:2]]
+            loss, gZ, gY = loss_and_grads_blocks(params[0], params[1:3], batch, blocks, rows)
+            grads = [gZ, *gY]
         else:
             loss, gZ, gY = loss_and_grads(params[0], params[1], batch, rows)
             grads = [gZ, gY]
