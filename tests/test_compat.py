@@ -10,6 +10,7 @@ from importlib.metadata import version
 import einops
 import pytest
 import torch
+from machine import wrote_here
 from safetensors import safe_open
 
 from sslens import compat
@@ -211,12 +212,12 @@ def test_a_run_of_either_line_is_loaded_and_resumed_on_this_line(tmp_path, line)
     b, meta_b = RunStore(run).load_checkpoint(4)
     assert a.keys() == b.keys() and meta_b["step"] == 4
     assert any(k.startswith("optim.") for k in a)  # the optimizer state is part of the comparison
-    for k in a:  # bitwise on the same line, float32 rounding of another line's kernels otherwise
+    for k in a:  # float32 rounding of another line's (or CPU's) kernels; bitwise below where nothing differs
         assert a[k].shape == b[k].shape and torch.allclose(a[k].double(), b[k].double(), atol=1e-6, rtol=1e-5), k
     la = [r["loss"] for r in full.read_metrics()]
     lb = [r["loss"] for r in RunStore(run).read_metrics()]
     assert len(lb) == 4 and max(abs(x - y) for x, y in zip(la, lb)) < 1e-6
-    if compat.TL_MAJOR == line:
+    if compat.TL_MAJOR == line and wrote_here(RUNS[line]):  # same line and kernels (tests/machine.py): bitwise
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -9,11 +9,15 @@ no sslens), trained 3 Adam steps by a plain loop; ``step_0.pt`` and ``step_3.pt`
 """
 
 import json
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from machine import write_fingerprint  # noqa: E402
 
 FIELDS = dict(n_layers=2, d_model=8, d_head=4, n_heads=2, d_mlp=16, d_vocab=12, n_ctx=6, act_fn="gelu",
               normalization_type="LN", seed=0)
@@ -52,6 +56,7 @@ def main() -> None:
         opt.step()
     save_file({**logits, "probe": probe}, out / "logits.safetensors")
     (out / "config.json").write_text(json.dumps(model.cfg.to_dict(), default=str, indent=0) + "\n")
+    write_fingerprint(out)
     print(out, sorted(p.name for p in out.iterdir()), f"TransformerLens {version('transformer-lens')}")
 
 

@@ -20,6 +20,7 @@ sys.path.insert(0, str(HERE.parent))
 
 
 def main() -> None:
+    from machine import write_fingerprint
     from test_compat import run_config
 
     from sslens.train import train
@@ -35,6 +36,7 @@ def main() -> None:
         metrics = json.loads((run / "metrics.json").read_text())
     (HERE / f"tl{major}_run_analysis.json").write_text(json.dumps(metrics, indent=1) + "\n")
     (out / ".lock").unlink(missing_ok=True)  # the writer's lock file is not part of the fixture
+    write_fingerprint(out)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(out, f"{size} bytes", f"TransformerLens {version('transformer-lens')}")
 
