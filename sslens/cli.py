@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None:  # this process is the command (not a caller's Python session): large tensors from the heap
+        from sslens.procs import keep_heap
+
+        keep_heap()
     # one line and an exit code, never a traceback: 2 bad input / OS refusal, 3 divergence (sslens.errors)
     from sslens.errors import EXIT_DIVERGED, EXIT_USAGE, TrainingDiverged
 

@@ -42,6 +42,31 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watchdog, name="sslens-parent-watchdog", daemon=True).start()
 
 
+# glibc mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def keep_heap(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 20, top_pad: int = 64 << 20) -> bool:
+    """glibc: large tensors from the heap, not a fresh mapping each time; returns whether it applied (glibc only).
+
+    Tensors up to ``mmap_threshold`` (32 MiB, glibc's maximum) come from the heap, and up to ``trim_threshold`` of
+    freed heap is kept, instead of mapping and unmapping each large tensor so that every step of a training loop
+    re-faults its pages (measured: an M = 240 count-engine group 1.15x faster, docs/engine.md). Process-wide, so
+    called only in processes sslens owns: the CLI and sweep workers.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(k, v) == 1 for k, v in ((M_MMAP_THRESHOLD, mmap_threshold), (M_TRIM_THRESHOLD, trim_threshold),
+                                                 (M_TOP_PAD, top_pad)))
+
+
 def fork_available() -> bool:
     """Whether this platform can fork (POSIX)."""
     return hasattr(os, "fork") and sys.platform != "win32"

@@ -327,8 +327,15 @@ class RunStore:
     def read_metrics(self) -> list[dict]:
         if not self.metrics_path.exists():
             return []
+        lines = self.metrics_path.read_text(errors="replace").splitlines()
+        try:  # one parse for the whole file (a sweep's results read thousands of these)
+            rows = json.loads("[" + ",".join(lines) + "]")
+            if all(isinstance(r, dict) for r in rows):
+                return rows
+        except json.JSONDecodeError:
+            pass
         out = []
-        for line in self.metrics_path.read_text(errors="replace").splitlines():
+        for line in lines:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:

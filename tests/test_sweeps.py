@@ -61,3 +61,26 @@ def test_fig6_cli_table_matches_the_stores(tmp_path):
     assert float(row["entropy_mean"]) == pytest.approx(np.mean(ents), abs=1e-9)
     assert float(row["entropy_std"]) == pytest.approx(np.std(ents, ddof=1), abs=1e-9)
     assert row["n"] == "3"
+
+
+def test_fig6_outputs_from_the_forked_helper_equal_those_made_here(tmp_path, monkeypatch):
+    """With two workers fig6.csv, recall.csv and both PNGs come from a forked helper (sslens.procs.Forked) while the
+    parent reads results.csv's rows: the very bytes the single-process path writes."""
+    import sslens.procs
+    from sslens.sweeps.fig6 import run_fig6
+
+    grid = dict(num_last=(1,), eta_Z=(1.0, 2.0), ratio=(1.0, 5.0), seeds=(1, 2), steps=4, batch=16, T=16)
+    run_fig6(tmp_path / "one", progress=False, workers=1, **grid)
+    used = []
+
+    class Spy(sslens.procs.Forked):
+        def result(self, timeout=None):
+            value = super().result(timeout)
+            used.append(value is not None)
+            return value
+
+    monkeypatch.setattr(sslens.procs, "Forked", Spy)
+    run_fig6(tmp_path / "two", progress=False, workers=2, **grid)
+    assert used == ([True] if sslens.procs.helpers_pay() else [])
+    for name in ("fig6.csv", "recall.csv", "fig6.png", "recall.png", "results.csv"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name

@@ -105,13 +105,15 @@ def loss_and_grads_blocks(
     weight = torch.zeros(R, P, dtype=Z.dtype).scatter_(1, pos, torch.full_like(pos, 1.0 / B, dtype=Z.dtype))[..., None]
     loss = -(target_log_prob(G, logits, tgt) * weight).sum((1, 2))
 
-    G.scatter_add_(2, tgt, torch.full_like(tgt, -1, dtype=Z.dtype)).mul_(weight)  # 0 on padding
+    # softmax - e_target, not yet / B: a padded row's G is never read (its f is 0 in F_C, F_D, and its g_f is not
+    # gathered), so no pass over [R, P, M] zeroes it; the mean's 1 / B scales the small products instead
+    G.scatter_add_(2, tgt, torch.full_like(tgt, -1, dtype=Z.dtype))
     G3 = G.view(R * K, n_max, M)
-    gY_C = torch.bmm(F_C.transpose(1, 2), G)
-    gY_D = torch.bmm(F_D3.transpose(1, 2), G3).view(R, K * d, M)
+    gY_C = torch.bmm(F_C.transpose(1, 2), G).div_(B)
+    gY_D = torch.bmm(F_D3.transpose(1, 2), G3).view(R, K * d, M).div_(B)
     gf_C = torch.bmm(G, Y_C.transpose(1, 2)).gather(1, pos[..., None].expand(R, B, c))
     gf_D = torch.bmm(G3, Y_D3.transpose(1, 2)).view(R, P, d).gather(1, pos[..., None].expand(R, B, d))
-    gf = torch.zeros(R, B, s, dtype=Z.dtype).scatter_(2, cslot, gf_C).scatter_(2, dslot, gf_D)
+    gf = torch.zeros(R, B, s, dtype=Z.dtype).scatter_(2, cslot, gf_C).scatter_(2, dslot, gf_D).div_(B)
     return loss, support_backward(gf, zidx, b, nb, f, q, M), [gY_C, gY_D]
 
 

@@ -11,6 +11,7 @@ forward at M = 240 would double the sweep's time) -- the analyses read Z from th
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from matplotlib.figure import Figure
 
 from sslens.data.sequence_classes import spec_from_dict, syn_medium
 from sslens.models.scan_snap import scan_snap_config
-from sslens.store import RunStore, atomic_write_text
+from sslens.store import RunStore, atomic_write_bytes
 from sslens.sweeps.grid import run_points
 from sslens.tasks import SequenceClassTask
 from sslens.theory.c_n import composition, distinct_entropy, recall
@@ -60,11 +61,35 @@ def final_c(run_dir: Path):
 def run_fig6(out_dir: str | Path, progress: bool = True, workers: int = 2, backend: str = "local",
              address: str | None = None, max_retries: int = 3, **grid) -> Path:
     """Run (or resume) the grid into ``out_dir/runs`` as one generic grid (:func:`sslens.sweeps.grid.run_points`:
-    results.csv, summary.png); then write fig6.csv, fig6.png, recall.csv, recall.png."""
+    results.csv, summary.png); then write fig6.csv, fig6.png, recall.csv, recall.png.
+
+    With two cores the Fig. 6 outputs are computed in a forked helper (:class:`sslens.procs.Forked`, which writes
+    no files) while this process reads results.csv's rows and draws summary.png; here otherwise."""
+    from sslens.procs import Forked, helpers_pay
+
     out_dir = Path(out_dir)
     pts = points(**grid)
-    run_points([(n, {"num_last": nl, "eta_Z": ez, "ratio": r, "seed": s}, c.to_dict()) for n, (nl, ez, r, s), c in pts],
-               out_dir, backend=backend, workers=workers, address=address, max_retries=max_retries, progress=progress)
+    helper: list[Forked] = []
+
+    def start() -> None:
+        if workers >= 2 and helpers_pay():
+            helper.append(Forked(fig6_outputs, out_dir, pts))
+
+    try:
+        run_points([(n, {"num_last": nl, "eta_Z": ez, "ratio": r, "seed": s}, c.to_dict()) for n, (nl, ez, r, s), c in pts],
+                   out_dir, backend=backend, workers=workers, address=address, max_retries=max_retries, progress=progress,
+                   after_runs=start)
+        files = helper[0].result() if helper else None
+    finally:
+        for h in helper:
+            h.close()
+    for name, data in (files or fig6_outputs(out_dir, pts)).items():
+        atomic_write_bytes(out_dir / name, data)
+    return out_dir / "fig6.csv"
+
+
+def fig6_outputs(out_dir: Path, pts: list) -> dict[str, bytes]:
+    """fig6.csv, recall.csv, fig6.png and recall.png (file name -> bytes) from the finished run stores."""
     thresholds = torch.tensor(np.geomspace(1e-3, 1e-1, 41))
     ent, rec = {}, {}
     for name, (nl, ez, r, s), _ in pts:
@@ -74,24 +99,24 @@ def run_fig6(out_dir: str | Path, progress: bool = True, workers: int = 2, backe
     rows = [{"num_last": nl, "eta_Z": ez, "ratio": r, "entropy_mean": float(np.mean(v)),
              "entropy_std": float(np.std(v, ddof=1)) if len(v) > 1 else float("nan"), "n": len(v)}
             for (nl, ez, r), v in sorted(ent.items())]
-    csv_path = out_dir / "fig6.csv"
-    _write_csv(csv_path, rows)
-    _write_csv(out_dir / "recall.csv", [{"num_last": nl, "eta_Z": ez, "ratio": r, "threshold": float(t), "recall": float(v)}
-                                         for (nl, ez, r), vs in sorted(rec.items())
-                                         for t, v in zip(thresholds.tolist(), np.mean(vs, 0))])
-    plot_fig6(rows).savefig(out_dir / "fig6.png", dpi=110, bbox_inches="tight")
-    plot_recall(rec, thresholds).savefig(out_dir / "recall.png", dpi=110, bbox_inches="tight")
-    return csv_path
+    recall_rows = [{"num_last": nl, "eta_Z": ez, "ratio": r, "threshold": float(t), "recall": float(v)}
+                   for (nl, ez, r), vs in sorted(rec.items()) for t, v in zip(thresholds.tolist(), np.mean(vs, 0))]
+    return {"fig6.csv": _csv(rows), "recall.csv": _csv(recall_rows),
+            "fig6.png": _png(plot_fig6(rows)), "recall.png": _png(plot_recall(rec, thresholds))}
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    import io
-
+def _csv(rows: list[dict]) -> bytes:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    return buf.getvalue().encode()
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
 
 
 def plot_fig6(rows: list[dict]):

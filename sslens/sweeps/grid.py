@@ -20,7 +20,7 @@ import re
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from sslens.errors import SslensError, require
 from sslens.lock import run_lock
@@ -373,9 +373,11 @@ def run_points(
     progress: bool = True,
     max_batch: int = 80,
     summary: bool = True,
+    after_runs: Callable[[], Any] | None = None,
 ) -> list[dict]:
     """Train ``(name, point, config)`` runs into ``out/runs/NAME`` (unfinished ones only); write
-    ``out/results.csv`` (and ``out/summary.png``); return the result rows."""
+    ``out/results.csv`` (and ``out/summary.png``); return the result rows. ``after_runs()`` is called once every
+    run has finished, before the results are read (e.g. to start a helper on the finished run stores)."""
     from tqdm.auto import tqdm
 
     require(backend in BACKENDS, "backend", f"got {backend!r}", ", ".join(BACKENDS))
@@ -411,6 +413,8 @@ def run_points(
                 run_local(jobs, workers, on_done)
         finally:
             bar.close()
+        if after_runs is not None:
+            after_runs()
         rows = results(runs, runs_dir)
         write_results(out / "results.csv", rows, [a for a in _axes(runs)])
         if summary:

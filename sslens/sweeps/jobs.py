@@ -180,10 +180,12 @@ def _run(job: dict, dirs: list[Path], todo: list[int]) -> None:
 # ----- local worker processes -------------------------------------------------------------------
 def worker_init(parent_pid: int, threads: int) -> None:
     """Pool initializer: die with the parent (SIGKILL, SIGTERM, Ctrl-C) within a second
-    (:func:`sslens.procs.die_with_parent`); Ctrl-C is left to the parent, which kills its workers."""
-    from sslens.procs import die_with_parent
+    (:func:`sslens.procs.die_with_parent`); Ctrl-C is left to the parent, which kills its workers; large tensors
+    from the heap (:func:`sslens.procs.keep_heap`)."""
+    from sslens.procs import die_with_parent, keep_heap
 
     die_with_parent(parent_pid)
+    keep_heap()
     if threads:
         import torch
 
@@ -192,6 +194,9 @@ def worker_init(parent_pid: int, threads: int) -> None:
 
 def ray_execute(job: dict) -> list[tuple[str, str]]:
     """A Ray task: one job; a retry (after its worker was killed) waits for the dead holder's lock."""
+    from sslens.procs import keep_heap
+
+    keep_heap()
     return execute(job, wait=True)
 
 
