@@ -67,3 +67,22 @@ def test_the_child_dies_with_its_parent(sig):
     finally:
         p.kill()
         p.wait()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_heap_serves_a_20_MB_tensor_from_the_heap_not_a_fresh_mapping():
+    """procs.keep_heap (the CLI and sweep workers): a 20 MB tensor lies in the [heap] region of /proc/self/maps;
+    in a process with glibc's defaults the same tensor is a mapping of its own."""
+    code = """
+import sys, torch
+if sys.argv[1] == "1":
+    from sslens.procs import keep_heap
+    assert keep_heap()
+x = torch.empty(5 << 20)  # 20 MB of float32
+heap = [l.split()[0] for l in open("/proc/self/maps") if l.rstrip().endswith("[heap]")]
+lo, hi = (int(v, 16) for v in heap[0].split("-")) if heap else (0, 0)
+print(int(lo <= x.data_ptr() < hi))
+"""
+    out = {flag: subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True, check=True).stdout.strip()
+           for flag in ("0", "1")}
+    assert out == {"0": "0", "1": "1"}
