@@ -90,6 +90,9 @@ def hooked_grid() -> None:
     base = TrainConfig(model=standard_config(s.M, d_model=64, n_heads=4, d_mlp=256, n_ctx=32),
                        task=SequenceClassTask(s).to_dict(), steps=20, batch=64, optimizer="adam", lr={"*": 1e-3},
                        record_n=0, checkpoint_every=0)
+    from sslens.procs import keep_heap
+
+    keep_heap()  # as in `sslens sweep` (the CLI process) and its workers: 1 worker runs in this process, 2 in workers
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one worker = one core (each of 2 workers gets cores // 2 = 1 thread)
     t = time.perf_counter()
