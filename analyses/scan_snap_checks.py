@@ -118,7 +118,8 @@ def thm3_cv(dz: Float[Tensor, "K M"], spec: SequenceClassSpec, top: int | None =
         inv = theory.thm3_invariant(dz[k, d].numpy(), p)
         if top is not None:
             inv = inv[np.argsort(-p)[:top]]
-        out.append(float(np.std(inv) / abs(np.mean(inv))))
+        mean = abs(float(np.mean(inv)))
+        out.append(float(np.std(inv)) / mean if mean > 0 else float("nan"))  # z never moved: no CV to speak of
     return out
 
 
