@@ -92,7 +92,9 @@ def hooked_grid() -> None:
                        record_n=0, checkpoint_every=0)
     from sslens.procs import keep_heap
 
-    keep_heap()  # as in `sslens sweep` (the CLI process) and its workers: 1 worker runs in this process, 2 in workers
+    # as in `sslens sweep` (the CLI process) and its workers: 1 worker runs in this process, 2 in workers; it stays on
+    # for the rest of this process (bench_train's with/without-recorder ratio runs after it)
+    keep_heap()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one worker = one core (each of 2 workers gets cores // 2 = 1 thread)
     t = time.perf_counter()

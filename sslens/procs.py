@@ -140,6 +140,9 @@ class Forked:
                     if not chunk:
                         break
                     chunks.append(chunk)
+            except BaseException:  # Ctrl-C (or any error) while waiting: the child is not waited for
+                os.kill(self.pid, signal.SIGKILL)
+                raise
             finally:
                 os.close(self._r)
                 _, status = os.waitpid(self.pid, 0)

@@ -1,6 +1,7 @@
 """sslens.procs.Forked: a forked child hands back its result, and never outlives its parent (SIGKILL, Ctrl-C)."""
 
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def test_the_child_dies_with_its_parent(sig):
         p.wait()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 def test_keep_heap_serves_a_20_MB_tensor_from_the_heap_not_a_fresh_mapping():
     """procs.keep_heap (the CLI and sweep workers): a 20 MB tensor lies in the [heap] region of /proc/self/maps;
     in a process with glibc's defaults the same tensor is a mapping of its own."""
@@ -83,6 +84,34 @@ heap = [l.split()[0] for l in open("/proc/self/maps") if l.rstrip().endswith("[h
 lo, hi = (int(v, 16) for v in heap[0].split("-")) if heap else (0, 0)
 print(int(lo <= x.data_ptr() < hi))
 """
-    out = {flag: subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True, check=True).stdout.strip()
-           for flag in ("0", "1")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}  # glibc's defaults
+    out = {flag: subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True, check=True,
+                                env=env).stdout.strip() for flag in ("0", "1")}
     assert out == {"0": "0", "1": "1"}
+
+
+def test_keep_heap_is_applied_by_the_command_not_by_main_called_from_python(monkeypatch, tmp_path):
+    """The ``sslens`` command (main() reading sys.argv) tunes its own allocator; ``main([...])`` called from a user's
+    Python session leaves theirs alone."""
+    import sslens.procs
+    from sslens.cli import main
+
+    calls = []
+    monkeypatch.setattr(sslens.procs, "keep_heap", lambda: calls.append(1) or True)
+    assert main(["analyze", str(tmp_path / "nothing")]) == 2 and calls == []
+    monkeypatch.setattr(sys, "argv", ["sslens", "analyze", str(tmp_path / "nothing")])
+    assert main() == 2 and calls == [1]
+
+
+def test_ctrl_c_while_waiting_kills_the_helper_at_once():
+    """Forked.result interrupted (Ctrl-C) kills and reaps the child instead of waiting for it to finish."""
+    import threading
+
+    h = Forked(time.sleep, 30)
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    t = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        h.result()
+    assert time.monotonic() - t < 5
+    with pytest.raises(ProcessLookupError):
+        os.kill(h.pid, 0)  # reaped: no such process

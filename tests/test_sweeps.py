@@ -79,8 +79,14 @@ def test_fig6_outputs_from_the_forked_helper_equal_those_made_here(tmp_path, mon
             used.append(value is not None)
             return value
 
+    import sslens.sweeps.fig6 as fig6
+
+    here = []  # calls in this process (the child's calls land in its own copy of the list)
+    real = fig6.fig6_outputs
     monkeypatch.setattr(sslens.procs, "Forked", Spy)
+    monkeypatch.setattr(fig6, "fig6_outputs", lambda *a: here.append(1) or real(*a))
     run_fig6(tmp_path / "two", progress=False, workers=2, **grid)
-    assert used == ([True] if sslens.procs.helpers_pay() else [])
+    forked = sslens.procs.helpers_pay()
+    assert used == ([True] if forked else []) and here == ([] if forked else [1])  # the helper's bytes were written
     for name in ("fig6.csv", "recall.csv", "fig6.png", "recall.png", "results.csv"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +64,10 @@ def run_fig6(out_dir: str | Path, progress: bool = True, workers: int = 2, backe
     """Run (or resume) the grid into ``out_dir/runs`` as one generic grid (:func:`sslens.sweeps.grid.run_points`:
     results.csv, summary.png); then write fig6.csv, fig6.png, recall.csv, recall.png.
 
-    With two cores the Fig. 6 outputs are computed in a forked helper (:class:`sslens.procs.Forked`, which writes
-    no files) while this process reads results.csv's rows and draws summary.png; here otherwise."""
+    With ``workers >= 2`` local workers and two cores of our own, the Fig. 6 outputs are computed in a forked helper
+    (:class:`sslens.procs.Forked`, which writes no files) while this process reads results.csv's rows and draws
+    summary.png; here otherwise, and here again if the helper fails, cannot fork, or runs past its time (said on
+    stderr). Not with Ray, whose threads live on in this process."""
     from sslens.procs import Forked, helpers_pay
 
     out_dir = Path(out_dir)
@@ -72,14 +75,21 @@ def run_fig6(out_dir: str | Path, progress: bool = True, workers: int = 2, backe
     helper: list[Forked] = []
 
     def start() -> None:
-        if workers >= 2 and helpers_pay():
-            helper.append(Forked(fig6_outputs, out_dir, pts))
+        if workers >= 2 and backend == "local" and helpers_pay():
+            try:
+                helper.append(Forked(fig6_outputs, out_dir, pts))
+            except OSError:  # no fork now (EAGAIN, ENOMEM): the outputs are computed here
+                pass
 
+    files = None
     try:
         run_points([(n, {"num_last": nl, "eta_Z": ez, "ratio": r, "seed": s}, c.to_dict()) for n, (nl, ez, r, s), c in pts],
                    out_dir, backend=backend, workers=workers, address=address, max_retries=max_retries, progress=progress,
                    after_runs=start)
-        files = helper[0].result() if helper else None
+        if helper:  # ~3 ms a run on one core; a helper far past that is stuck
+            files = helper[0].result(timeout=60 + 0.05 * len(pts))
+            if files is None:
+                print(f"fig6: the helper gave no outputs ({helper[0].error}); computing them here", file=sys.stderr)
     finally:
         for h in helper:
             h.close()
