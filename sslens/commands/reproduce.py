@@ -39,7 +39,7 @@ def _rank_collapse_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--d-model", type=positive_int, default=128, help="anchor-task width (paper: 640)")
     p.add_argument("--anchor-seeds", type=positive_int, default=2, help="seeds of the anchor runs (error bars)")
     p.add_argument("--scale", choices=("small", "paper"), default="small",
-                   help="paper: anchor runs at d_model 640, d_ff 1280, batch 1000 (GPU when torch sees one)")
+                   help="paper: anchor runs at d_model 640, d_ff 1280, batch 1000 (on the CPU: hours)")
     p.add_argument("--skip-anchor", action="store_true", help="leave out the anchor-task runs")
 
 
@@ -52,7 +52,7 @@ def _rank_collapse_run(a: argparse.Namespace) -> int:
 def _wikitext_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None,
                    help="folder with valid.txt and test.txt (WikiText-2, word level); default: $SSLENS_WIKITEXT_DIR, "
-                        "else the shipped slices in tests/data")
+                        "else ../shared/data/wikitext-2 next to the checkout, else the shipped slices in tests/data")
     p.add_argument("--steps", type=positive_int, default=150, help="steps of the Fig. 10 / Fig. 7 runs")
     p.add_argument("--etas", type=float, nargs="+", default=[1.0, 3.0, 5.0], help="SGD learning rates of Fig. 10")
     p.add_argument("--seeds", type=positive_int, default=2, help="seeds per learning rate")

@@ -70,7 +70,7 @@ def _check(cfgs: list[TrainConfig]) -> None:
             rate_of(c.lr, name)
         k0, k = group_key(cfgs[0]), group_key(c)
         for field, a, b in zip(("task", "model.M", "model.n_ctx", "model.dtype", "steps", "batch", "optimizer"), k0, k):
-            require(a == b, f"configs[{i}].{field}", "differs within one engine batch", "the value of configs[0] (group runs by sslens.engine.group_key)")
+            require(a == b, f"configs[{i}].{field}", "differs within one engine batch", "the value of configs[0] (group runs by sslens.engine.runner.group_key)")
 
 
 def train_many(

@@ -51,7 +51,10 @@ def _read_file(path: Path, field: str) -> dict:
     text = path.read_bytes()
     try:
         if path.suffix.lower() == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10: the same parser as the tomli package
+                import tomli as tomllib
 
             obj = tomllib.loads(text.decode())
         else:
