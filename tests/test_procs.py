@@ -108,7 +108,7 @@ def test_ctrl_c_while_waiting_kills_the_helper_at_once():
     import threading
 
     h = Forked(time.sleep, 30)
-    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()  # started after the fork: lands in result()
     t = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         h.result()
