@@ -138,6 +138,15 @@ def test_diverged_run_is_frozen_and_reported(tmp_path):
     # the healthy run equals a run trained alone
     (alone,) = train_many([good], progress=False)
     assert torch.allclose(alone["Z"], res[0]["Z"]) and RunStore(tmp_path / "good").complete
+    # the diverged run kept its weights through the remaining masked steps (momentum 0.9 included): those of the same
+    # run stopped one step before its divergence (its Y already holds inf there: the loss was -0.0, not yet nan)
+    t = res[1]["diverged_at"]
+    assert 1 < t < 20
+    (stopped,) = train_many([cfg(s, 1, 3e38, 3e38, steps=t - 1, dtype="float32")], progress=False)
+    assert stopped["diverged_at"] is None
+    for k in ("Z", "Y"):
+        assert torch.allclose(res[1][k], stopped[k], rtol=1e-6, atol=0, equal_nan=True), k
+        assert torch.equal(res[1][k].isnan(), stopped[k].isnan()), k
 
 
 def test_support_form_equals_dense_counts(gen):

@@ -32,44 +32,47 @@ class BatchedOptimizer:
     def step(self, params: list[Tensor], grads: list[Tensor], alive: Bool[Tensor, "R"], factor: float = 1.0) -> list[Tensor]:
         """New parameters after one step (``factor`` scales every rate: the lr schedule)."""
         self.t += 1
-        if self.kind == "sgd" and bool(alive.all()):
-            return self._sgd_all_alive(params, grads, factor)
+        if self.kind == "sgd":
+            return self._sgd(params, grads, alive, factor)
         a = alive.view(-1, 1, 1)
         out = []
         for i, (p, g, lr) in enumerate(zip(params, grads, self.lrs)):
             lr = lr * factor
             s1, s2 = self.state[i]
-            if self.kind == "sgd":
-                g = g + self.wd * p
-                buf = torch.where(a, self.mu * s1 + g, s1)  # s1 = 0 at t = 1, so buf = g exactly
-                self.state[i] = (buf, s2)
-                new = p - lr * buf
+            if self.kind == "adamw":
+                p = p * (1 - lr * self.wd)
             else:
-                if self.kind == "adamw":
-                    p = p * (1 - lr * self.wd)
-                else:
-                    g = g + self.wd * p
-                m = torch.where(a, torch.lerp(s1, g, 1 - self.beta1), s1)
-                v = torch.where(a, self.beta2 * s2 + (1 - self.beta2) * g * g, s2)
-                self.state[i] = (m, v)
-                bc1 = 1 - self.beta1**self.t
-                bc2_sqrt = torch.sqrt(1 - self.beta2**self.t)
-                new = p - (lr / bc1) * (m / (v.sqrt() / bc2_sqrt + EPS))
+                g = g + self.wd * p
+            m = torch.where(a, torch.lerp(s1, g, 1 - self.beta1), s1)
+            v = torch.where(a, self.beta2 * s2 + (1 - self.beta2) * g * g, s2)
+            self.state[i] = (m, v)
+            bc1 = 1 - self.beta1**self.t
+            bc2_sqrt = torch.sqrt(1 - self.beta2**self.t)
+            new = p - (lr / bc1) * (m / (v.sqrt() / bc2_sqrt + EPS))
             out.append(torch.where(a, new, params[i]))
         return out
 
-    def _sgd_all_alive(self, params: list[Tensor], grads: list[Tensor], factor: float) -> list[Tensor]:
-        """The SGD branch above when every run is alive: the same arithmetic in three passes, not eight
-        (no ``where`` masks, the weight-decay term only when some run has one; buffer and parameters updated in place)."""
+    def _sgd(self, params: list[Tensor], grads: list[Tensor], alive: Bool[Tensor, "R"], factor: float) -> list[Tensor]:
+        """SGD: ``buf = mu buf + g`` (s1 = 0 at t = 1, so buf = g exactly), ``p -= lr buf``; the weight-decay term only
+        when some run has one. All runs alive: in place, three passes. Otherwise a run that is not alive keeps its
+        buffer and parameters bitwise (masked, out of place: a diverged run's buffer may hold inf, and 0 * inf is nan).
+        """
         wd = bool((self.wd != 0).any())
+        everyone = bool(alive.all())
+        a = alive.view(-1, 1, 1)
         out = []
         for i, (p, g, lr) in enumerate(zip(params, grads, self.lrs)):
             s1, s2 = self.state[i]
             if wd:
                 g = g + self.wd * p
-            buf = s1.mul_(self.mu).add_(g)  # s1 = 0 at t = 1, so buf = g exactly
+            if everyone:
+                buf = s1.mul_(self.mu).add_(g)
+                new = p.addcmul_(buf, lr * factor, value=-1)  # p - lr buf in one pass, in place (the engine owns p)
+            else:
+                buf = torch.where(a, self.mu * s1 + g, s1)
+                new = torch.where(a, p - lr * factor * buf, p)
             self.state[i] = (buf, s2)
-            out.append(p.addcmul_(buf, lr * factor, value=-1))  # p - lr buf in one pass, in place (the engine owns p)
+            out.append(new)
         return out
 
 
