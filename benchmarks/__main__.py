@@ -16,9 +16,9 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 def main(argv: list[str]) -> int:
     only = set(argv)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    print(f"machine: {platform.machine()} {cpu or ''} ({torch.backends.cpu.get_cpu_capability()})"
+    from sslens.procs import cpu_name
+
+    print(f"machine: {platform.machine()} {cpu_name() or ''} ({torch.backends.cpu.get_cpu_capability()})"
           f" | cores: {torch.get_num_threads()} torch threads"
           f" | torch {torch.__version__} | python {platform.python_version()}")
     here = Path(__file__).parent

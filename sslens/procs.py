@@ -80,6 +80,17 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (``platform.processor()`` where there is none)."""
+    import platform
+
+    try:
+        lines = open("/proc/cpuinfo").read().splitlines()
+    except OSError:
+        return platform.processor()
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor())
+
+
 def helpers_pay() -> bool:
     """Whether a forked helper can run beside this process: fork is available and >= 2 cores are ours."""
     return fork_available() and cores() >= 2
@@ -88,15 +99,29 @@ def helpers_pay() -> bool:
 class Forked:
     """``fn(*args)`` in a forked child; :meth:`result` waits for its return value (``None`` if it failed).
 
+    When no child can be forked (EAGAIN, ENOMEM) :meth:`result` is ``None`` at once and ``error`` says why: every
+    caller then computes the value itself.
+
     Use as a context manager (or call :meth:`close`): a child still running on the way out is killed and reaped.
     The child runs with one intra-op torch thread when torch is imported (two processes on two cores).
     """
 
     def __init__(self, fn: Callable[..., Any], *args: Any):
         self.error: str | None = None
-        r, w = os.pipe()
+        self.pid, self._done, self._value = None, False, None
         parent = os.getpid()
-        pid = os.fork()
+        try:
+            r, w = os.pipe()
+        except OSError as e:
+            self.error, self._done = f"cannot fork ({e.strerror})", True
+            return
+        try:
+            pid = os.fork()
+        except OSError as e:  # EAGAIN, ENOMEM: no helper now
+            os.close(r)
+            os.close(w)
+            self.error, self._done = f"cannot fork ({e.strerror})", True
+            return
         if pid == 0:  # the child: never returns into the caller's code
             code = 1
             try:
@@ -115,7 +140,7 @@ class Forked:
             finally:
                 os._exit(code)
         os.close(w)
-        self.pid, self._r, self._done, self._value = pid, r, False, None
+        self.pid, self._r = pid, r
 
     def result(self, timeout: float | None = None) -> Any:
         """The child's return value, or ``None`` when it raised, died or ran past ``timeout`` seconds.

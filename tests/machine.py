@@ -13,13 +13,9 @@ import torch
 
 def fingerprint() -> dict:
     """torch version, the CPU capability its kernels dispatch on, and the CPU model name."""
-    cpu = ""
-    try:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    return {"torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu}
+    from sslens.procs import cpu_name
+
+    return {"torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_name()}
 
 
 def _path(directory: str | Path) -> Path:

@@ -115,3 +115,20 @@ def test_ctrl_c_while_waiting_kills_the_helper_at_once():
     assert time.monotonic() - t < 5
     with pytest.raises(ProcessLookupError):
         os.kill(h.pid, 0)  # reaped: no such process
+
+
+def test_a_fork_that_fails_gives_no_result_and_says_why(monkeypatch):
+    """No child (EAGAIN from fork): result() is None at once with the reason, close() is a no-op, no fd is left
+    open, so every caller (fig6 outputs, weights job, report figures) computes the value itself."""
+    import errno
+
+    def refuse():
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+    fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    monkeypatch.setattr(os, "fork", refuse)
+    h = Forked(lambda: 1)
+    assert h.result() is None and h.error.startswith("cannot fork") and h.pid is None
+    h.close()
+    if fds is not None:
+        assert len(os.listdir("/proc/self/fd")) == fds

@@ -72,27 +72,25 @@ def run_fig6(out_dir: str | Path, progress: bool = True, workers: int = 2, backe
 
     out_dir = Path(out_dir)
     pts = points(**grid)
-    helper: list[Forked] = []
+    helper: Forked | None = None
 
     def start() -> None:
+        nonlocal helper
         if workers >= 2 and backend == "local" and helpers_pay():
-            try:
-                helper.append(Forked(fig6_outputs, out_dir, pts))
-            except OSError:  # no fork now (EAGAIN, ENOMEM): the outputs are computed here
-                pass
+            helper = Forked(fig6_outputs, out_dir, pts)
 
     files = None
     try:
         run_points([(n, {"num_last": nl, "eta_Z": ez, "ratio": r, "seed": s}, c.to_dict()) for n, (nl, ez, r, s), c in pts],
                    out_dir, backend=backend, workers=workers, address=address, max_retries=max_retries, progress=progress,
                    after_runs=start)
-        if helper:  # ~3 ms a run on one core; a helper far past that is stuck
-            files = helper[0].result(timeout=60 + 0.05 * len(pts))
+        if helper is not None:  # ~3 ms a run on one core; a helper far past that is stuck
+            files = helper.result(timeout=60 + 0.05 * len(pts))
             if files is None:
-                print(f"fig6: the helper gave no outputs ({helper[0].error}); computing them here", file=sys.stderr)
+                print(f"fig6: the helper gave no outputs ({helper.error}); computing them here", file=sys.stderr)
     finally:
-        for h in helper:
-            h.close()
+        if helper is not None:
+            helper.close()
     for name, data in (files or fig6_outputs(out_dir, pts)).items():
         atomic_write_bytes(out_dir / name, data)
     return out_dir / "fig6.csv"
