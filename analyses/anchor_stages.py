@@ -5,7 +5,8 @@ attention = W_Q, W_K of every layer; outer = W_V, W_in, W_out (and W_O where it 
 
 Per checkpoint: relative change ||W_t - W_0||_F / ||W_0||_F and Frobenius norm of each group, effective rank
 of W_Q W_K^T (last layer) and of W_in (first layer), adjacent-checkpoint stability |cos(u1_t, u1_t+1)| of
-their top left singular vectors; stage onsets t1 (outer) and t2 (attention) by ``boundary``; cosine
+their top left singular vectors; stage onsets t1 (outer) and t2 (attention) by ``boundary`` (checkpoints) and
+``onset`` (interpolated between checkpoints: t1_interp, t2_interp); cosine
 matrices (reordered by the principal eigenvector) of W_in's hidden units and of W_Q's columns at the
 snapshots 0, t1, t2 and the last step; accuracy of the last checkpoint on fresh sequences.
 """
@@ -19,7 +20,7 @@ import torch
 
 from sslens.analyses import rank
 from sslens.analyses.condensation import relative_change, reordered_cosine, top_singular_stability
-from sslens.analyses.rank_collapse import boundary
+from sslens.analyses.rank_collapse import boundary, onset
 from sslens.store import RunStore
 from sslens.tasks import build_task
 
@@ -54,6 +55,7 @@ def anchor_metrics(run_dir: str | Path, n_eval: int = 2048) -> dict:
     out["stability_QK"] = top_singular_stability(list(QK))
     out["stability_W_in"] = top_singular_stability(list(W_in))
     out["t1"], out["t2"] = boundary(steps, out["rel_change_outer"]), boundary(steps, out["rel_change_attn"])
+    out["t1_interp"], out["t2_interp"] = onset(steps, out["rel_change_outer"]), onset(steps, out["rel_change_attn"])
     snaps = sorted({steps[0], out["t1"], out["t2"], steps[-1]})
     out["snapshots"] = snaps
     out["cos_W_in"] = [reordered_cosine(W_in[steps.index(s)].T)[0].tolist() for s in snaps]

@@ -8,7 +8,8 @@ Rules where the paper is silent (docs/rank_collapse.md):
   columns move along v) and of its rows with (W1 W2)^T;
 - stage boundaries: t1 = first checkpoint where the outer weights' relative change
   ||W_t - W_0||_F/||W_0||_F (W_V, W1, W2 together) reaches half its final value; t2 = the same for the
-  attention weights (W_Q, W_K). The two-stage picture predicts t1 < t2;
+  attention weights (W_Q, W_K). The two-stage picture predicts t1 < t2, judged on ``onset`` (the crossing
+  interpolated linearly between checkpoints: coarse spacing otherwise ties them);
 - escape time: first checkpoint where the loss falls below 90 % of its initial value.
 """
 
@@ -90,6 +91,7 @@ def stage_metrics(run_dir, n_data: int = 2048) -> dict:
         out["sigma_gap_F"] = [(lambda s: (s[0] / s[1]).item())(torch.linalg.svdvals(F)) for F in Fs]
         out["cos_QK_F"] = [rank.rank1_alignment(qk, *_uv(F)).item() for qk, F in zip(QK, Fs)]
     out["t1"], out["t2"] = boundary(steps, out["rel_change_outer"]), boundary(steps, out["rel_change_attn"])
+    out["t1_interp"], out["t2_interp"] = onset(steps, out["rel_change_outer"]), onset(steps, out["rel_change_attn"])
     if scalar:
         F1 = Fs[steps.index(out["t1"])]  # F frozen once the outer weights have condensed (stage-2 premise)
         out["cos_QK_F_t1"] = [rank.rank1_alignment(qk, *_uv(F1)).item() for qk in QK]
@@ -105,6 +107,20 @@ def boundary(steps: list[int], series: list[float], frac: float = 0.5) -> int:
     """First step where ``series`` reaches ``frac`` of its final value."""
     s = np.asarray(series)
     return int(steps[int(np.argmax(s >= frac * s[-1]))]) if s[-1] > 0 else steps[-1]
+
+
+def onset(steps: list[int], series: list[float], frac: float = 0.5) -> float:
+    """``boundary`` between checkpoints: the (fractional) step where ``series``, linear between the two checkpoints
+    that bracket the crossing, reaches ``frac`` of its final value. Breaks the ties that ``boundary`` reports when
+    two series cross within the same checkpoint interval (docs/rank_collapse.md "Stage boundaries")."""
+    s = np.asarray(series, dtype=float)
+    if not s[-1] > 0:
+        return float(steps[-1])
+    target = frac * s[-1]
+    i = int(np.argmax(s >= target))
+    if i == 0:
+        return float(steps[0])
+    return float(steps[i - 1] + (target - s[i - 1]) / (s[i] - s[i - 1]) * (steps[i] - steps[i - 1]))
 
 
 def growth_rate(steps: list[int], norms: list[float], lo: int, hi: int) -> float:
@@ -278,10 +294,7 @@ def stage2(run_dir, delta: float = DELTA, n_data: int = 2048, n_pop: int = N_POP
                 for s in steps]
         cos_bar = [rank.rank1_alignment(q, *_uv(F)).item() for q, F in zip(QK, Fbar)]
     mis = [float(np.sqrt(max(1 - c * c, 1e-300))) for c in cos_bar]
-    floor = min(mis[i1: i_end + 1])
-    mwin = [i for i in range(i1, i_end + 1) if 2 * floor <= mis[i] <= 0.9]
-    if mwin:  # the first contiguous stretch: decaying misalignment before it reaches its floor
-        mwin = [i for i in range(mwin[0], i_end + 1) if i <= mwin[0] or (mis[i] >= 2 * floor and i - 1 in mwin)]
+    mwin = misalignment_window(mis, i1, i_end)
     decay = -_fit_slope([time[i] for i in mwin], [np.log(mis[i]) for i in mwin]) if len(mwin) >= 2 else float("nan")
     gap = float(np.mean([(sv[i][0] - sv[i][1]).item() for i in mwin])) if mwin else float("nan")
     eps_attn = mc.get("init_attn") or init_std_of(mc)
@@ -306,7 +319,7 @@ def stage2(run_dir, delta: float = DELTA, n_data: int = 2048, n_pop: int = N_POP
     gwin = grow[:: max(1, len(grow) // 4)] if grow else []
     sG = {steps[i]: _sigma1_G(store, steps[i], gdata) for i in gwin}
     return {
-        "steps": steps, "lr": lr, "delta": delta, "cos_end": cos_end, "F_window": fwin, "cos_QK_Fbar": cos_bar, "n_series": n_series,
+        "steps": steps, "lr": lr, "delta": delta, "batch": int(cfg["train"]["batch"]), "fixed_set": _fixed(cfg), "cos_end": cos_end, "F_window": fwin, "cos_QK_Fbar": cos_bar, "n_series": n_series,
         "F_sample": "the training set" if _fixed(cfg) else (f"{n_pop} fresh sequences (seed {POP_SEED}), averaged over "
                                                             f"the checkpoints {fwin[0]}..{fwin[-1]}"), "score_scale": scale, "cos_QK_F": cos, "misalignment": mis,
         "sigma1_F": [s[0].item() for s in sv], "sigma2_F": [s[1].item() for s in sv], "norm_W_Q": nq, "norm_W_K": nk,
@@ -321,6 +334,21 @@ def stage2(run_dir, delta: float = DELTA, n_data: int = 2048, n_pop: int = N_POP
         "outer_angle_total": _angle(wvec[grow[0] if grow else i1], wvec[i_end]),
         "sigma1_G_window": float(np.mean(list(sG.values()))) if sG else float("nan"),
     }
+
+
+def misalignment_window(mis: list[float], i1: int, i_end: int, hi: float = 0.9) -> list[int]:
+    """Checkpoint indices of the misalignment-decay fit: the first contiguous stretch of [i1, i_end] with
+    2 x floor <= mis <= ``hi`` (floor = min of mis over [i1, i_end]), i.e. the decay before mis first reaches
+    its floor; later stretches (plateaus after the floor) are left out."""
+    floor = min(mis[i1: i_end + 1])
+    ok = [2 * floor <= mis[i] <= hi for i in range(i1, i_end + 1)]
+    if not any(ok):
+        return []
+    start = i1 + ok.index(True)
+    stop = start
+    while stop + 1 <= i_end and ok[stop + 1 - i1]:
+        stop += 1
+    return list(range(start, stop + 1))
 
 
 def _fresh_chunks(cfg: dict, n: int, chunk: int = 16384, seed: int = POP_SEED + 1) -> list:

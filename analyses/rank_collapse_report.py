@@ -18,8 +18,9 @@ GOALS = {"A": 0.9, "cos_QK_F": 0.95, "erank_QK": 1.5}
 def checks(m: dict, lr: float) -> list[dict]:
     rows = []
     i1 = m["steps"].index(m["t1"])
-    rows.append({"check": "two stages: outer weights move before attention (t1 < t2)", "measured": f"t1 = {m['t1']}, t2 = {m['t2']}",
-                 "predicted": "t1 < t2", "tolerance": "strict", "pass": m["t1"] < m["t2"]})
+    a, b = m.get("t1_interp", m["t1"]), m.get("t2_interp", m["t2"])  # interpolated between checkpoints (no ties)
+    rows.append({"check": "two stages: outer weights move before attention (t1 < t2, interpolated between checkpoints)",
+                 "measured": f"t1 = {a:.4g}, t2 = {b:.4g}", "predicted": "t1 < t2", "tolerance": "strict", "pass": a < b})
     rows.append({"check": "rank collapse: effective rank of W_Q W_K^T at the end", "measured": m["effective_rank.QK"][-1],
                  "predicted": f"1 (start {m['effective_rank.QK'][0]:.3g})", "tolerance": f"<= {GOALS['erank_QK']}",
                  "pass": m["effective_rank.QK"][-1] <= GOALS["erank_QK"]})

@@ -109,3 +109,14 @@ def test_anchor_rows_median_interval_and_pass(tiny_runs):
     lo, hi = sorted([m["effective_rank_QK"][-1] / m["effective_rank_QK"][0], 0.1 * m["effective_rank_QK"][-1] / m["effective_rank_QK"][0]])
     assert r["interval"] == pytest.approx([lo, hi]) and r["measured"] == pytest.approx((lo + hi) / 2)
     assert r["pass"] == ((lo + hi) / 2 < 0.25) and r["run"] == ["a", "b"] and r["n_seeds"] == 2
+
+
+def test_anchor_two_stages_judged_on_interpolated_onsets(tiny_runs):
+    """A checkpoint tie t1 == t2 is decided by the interpolated crossings (t1_interp < t2_interp: pass)."""
+    m = anchor_metrics(tiny_runs / "v", n_eval=64)
+    assert m["t1_interp"] <= m["t1"] and m["t2_interp"] <= m["t2"]
+    s1 = m["steps"][1]
+    tie = {**m, "t1": s1, "t2": s1, "t1_interp": s1 - 2.0, "t2_interp": s1 - 0.5}
+    later = {**tie, "t1_interp": s1 - 0.1}
+    assert {r["id"]: r for r in anchor_rows([tie], ["a"], "x", "t")}["x.two_stages"]["pass"] is True
+    assert {r["id"]: r for r in anchor_rows([later], ["a"], "x", "t")}["x.two_stages"]["pass"] is False

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from sslens.analyses.rank_collapse import stage_metrics
+from sslens.analyses.rank_collapse import boundary, onset, stage_metrics
 from sslens.analyses.report import external_resources
 from sslens.cli import main
 from sslens.models.rank_collapse import rank_collapse_config
@@ -49,3 +49,15 @@ def test_analyze_cli(run):
     names = [r["check"] for r in metrics["checks"]]
     assert any("A1" in n for n in names) and any("Thm 3" in n for n in names) and any("t1 < t2" in n for n in names)
     assert external_resources((run / "report.html").read_text()) == []
+
+
+def test_onset_interpolates_and_breaks_checkpoint_ties():
+    """a(s) = s and b(s) = s - 4 (b(0) = 0) on checkpoints 8 apart: both reach half their final value between
+    steps 16 and 24, so ``boundary`` ties them at 24; linear interpolation gives the exact crossings 20 and 22."""
+    steps = list(range(0, 41, 8))
+    a = [float(s) for s in steps]
+    b = [0.0] + [float(s - 4) for s in steps[1:]]
+    assert boundary(steps, a) == boundary(steps, b) == 24
+    assert onset(steps, a) == pytest.approx(20.0) and onset(steps, b) == pytest.approx(22.0)
+    assert onset(steps, [0.0] * 6) == 40.0  # never moved: the last step, as boundary
+    assert onset(steps, [1.0] * 6) == 0.0  # at half its final value from the start

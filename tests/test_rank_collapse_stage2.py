@@ -3,11 +3,12 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from sslens.analyses.checks import provenance, read_checks, table_rows, validate, write_checks
-from sslens.analyses.rank_collapse import alignment_fresh, population_F, stage2, token_sample
+from sslens.analyses.rank_collapse import alignment_fresh, misalignment_window, population_F, stage2, token_sample
 from sslens.errors import SslensError
 from sslens.models.rank_collapse import rank_collapse
 from sslens.reproduce.rank_collapse import stage2_rows, theory_config
@@ -170,3 +171,27 @@ def test_rows_over_seeds_carry_median_interval_and_run_lists(theory_run):
     assert r["measured"] == pytest.approx(0.9 * c) and r["interval"] == pytest.approx([0.5 * c, c])
     assert r["n_seeds"] == 3 and r["run"] == ["a", "b", "c"] and r["step"] == [m["t_end"]] * 3
     assert r["pass"] == (0.9 * c >= 0.95)
+
+
+def test_misalignment_window_is_the_first_stretch_only():
+    """mis = e^{-0.05 t} from 0.8 down to its floor, then plateaus at 3 x floor (SGD noise after the floor): the fit
+    window is the decay alone, so its slope is the known rate 0.05; plateau stretches after the floor must not join."""
+    t = list(range(0, 200, 10))
+    mis = [0.95, 0.95] + [0.8 * math.exp(-0.05 * (s - 20)) for s in t[2:12]]  # decay over steps 20..110
+    floor = mis[-1] * 0.45  # reached at step 120; every later value is 3 x floor or the floor
+    mis += [floor, 3 * floor, 3 * floor, floor, 3 * floor, 3 * floor, 3 * floor, floor]
+    w = misalignment_window(mis, 0, len(mis) - 1)
+    assert w == list(range(2, 12))
+    slope = -float(np.polyfit([t[i] for i in w], [np.log(mis[i]) for i in w], 1)[0])
+    assert slope == pytest.approx(0.05, rel=1e-9)
+    assert misalignment_window([0.99, 0.98, 0.97], 0, 2) == []  # never below 0.9: no window
+    assert misalignment_window(mis, 5, 9) == [5, 6, 7]  # the floor of [5, 9] is mis[9]: 2 x floor cuts at 7
+
+
+def test_stage2_regime_names_how_the_run_was_trained(theory_run):
+    """Fresh batches every step are SGD on the population loss, not full-batch GD (issue 21 item 5)."""
+    _, m = theory_run
+    regime = stage2_rows([m], ["r"], "tanh")[0]["regime"]
+    assert "fresh batches of 1024" in regime and "full-batch" not in regime
+    fixed = stage2_rows([{**m, "fixed_set": True}], ["r"], "tanh")[0]["regime"]
+    assert "full-batch GD on a fixed set of 1024" in fixed
