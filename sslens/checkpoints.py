@@ -83,8 +83,10 @@ def config_fields(fields: dict, where: str = "config") -> dict:
     fields = dict(fields)
     if "dtype" in fields:
         fields["dtype"] = _dtype(fields["dtype"])
+    # rebuilt on one CPU: a config written on GPUs (device "cuda:0", n_devices 2) is read as such
+    fields.update(device="cpu", n_devices=1)
     try:
-        return compat.config_fields({**fields, "device": "cpu"})
+        return compat.config_fields(fields)
     except (TypeError, ValueError, AssertionError) as e:
         raise SslensError("config", f"{where}: {(str(e).splitlines() or [type(e).__name__])[0]}",
                           "valid HookedTransformerConfig fields") from None
@@ -204,8 +206,9 @@ def open_series(path: str, config: str | None = None, checkpoint_indices: list[i
     elif own is not None:
         build = config_fields(own, "config.json")
     else:
-        raise SslensError("config", f"no HookedTransformerConfig for {p}",
-                          "--config FILE.json or a config.json next to the checkpoints (sslens.checkpoints.save_config)")
+        raise SslensError("config", f"no config.json (HookedTransformerConfig fields) next to {p}",
+                          f"sslens.checkpoints.save_config(model, {str(here)!r}) or json.dump(model.cfg.to_dict(), f, "
+                          "default=str) into its config.json, or --config FILE.json")
 
     def load_into(s: int, model: HookedTransformer | None = None) -> HookedTransformer:
         return _model_from(build, load_state_dict(by_step[s]), by_step[s].name, model)

@@ -85,3 +85,19 @@ def test_a_4x_key_without_a_3x_name_is_one_line(tmp_path):
     torch.save({**sd, "blocks.0.attn.rotary.weight": torch.zeros(2)}, tmp_path / "ck" / "step_3.pt")
     with pytest.raises(SslensError, match=r"^checkpoint: step_3.pt: .*no 3.x name for TransformerBridge key"):
         open_series(str(tmp_path / "ck")).load(3)
+
+
+@pytest.mark.parametrize("line", [3, 4])
+def test_a_default_str_config_from_gpus_loads_on_cpu(line, tmp_path):
+    """Each line's ``json.dump(cfg.to_dict(), f, default=str)`` (dtype "torch.float32"), here as a multi-GPU run wrote
+    it (device "cuda:0", n_devices 2), rebuilds the model on this CPU with the same logits."""
+    import shutil
+
+    shutil.copytree(DIRS[line], tmp_path / "ck")
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert cfg["dtype"] == "torch.float32"
+    (tmp_path / "ck" / "config.json").write_text(json.dumps({**cfg, "device": "cuda:0", "n_devices": 2}))
+    model = open_series(str(tmp_path / "ck")).load(3)
+    ref = load_file(f"{DIRS[line]}/logits.safetensors")
+    assert model.cfg.n_devices == 1 and model.cfg.dtype == torch.float32
+    assert torch.allclose(model(ref["probe"]), ref["step_3"], atol=1e-5, rtol=0)

@@ -34,7 +34,8 @@ def tl_dir(tmp_path_factory):
                                        save_dir=str(d / "ckpts"), optimizer_name="AdamW")
     (d / "ckpts").mkdir()
     tl_train(model, cfg, datasets.Dataset.from_dict({"tokens": toks.tolist()}).with_format("torch"))
-    (d / "ckpts" / "config.json").write_text(json.dumps(FIELDS))
+    with open(d / "ckpts" / "config.json", "w") as f:  # the config a user naturally writes (dtype is not JSON)
+        json.dump(model.cfg.to_dict(), f, default=str)
     return d / "ckpts"
 
 
@@ -68,7 +69,8 @@ def test_errors_are_one_line(tl_dir, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "model_0.pt").write_bytes((tl_dir / "model_0.pt").read_bytes())
-    with pytest.raises(SslensError, match=r"^config: no HookedTransformerConfig"):
+    with pytest.raises(SslensError, match=r"^config: no config.json .*; allowed: sslens.checkpoints.save_config\(model, "
+                       r".*json.dump\(model.cfg.to_dict\(\), f, default=str\).*, or --config FILE.json$"):
         open_series(str(bad))
     (bad / "config.json").write_text(json.dumps({**FIELDS, "d_model": 24, "d_head": 12}))
     with pytest.raises(SslensError, match=r"^checkpoint: model_0.pt: .* has shape"):
@@ -119,6 +121,18 @@ def test_probe_formats_give_the_same_ids(tmp_path):
             load_probe(p)
     with pytest.raises(SslensError, match="^tokenizer: cannot load"):
         load_probe(tmp_path / "text.txt", tmp_path / "nope")
+
+
+def test_config_written_on_gpus_is_rebuilt_on_one_cpu(tl_dir, tmp_path):
+    """A ``default=str`` config from a multi-GPU run (device "cuda:0", n_devices 2) loads here with the same weights."""
+    cfg = json.loads((tl_dir / "config.json").read_text())
+    assert cfg["dtype"] == "torch.float32" and cfg["d_model"] == 16
+    (tmp_path / "model_6.pt").write_bytes((tl_dir / "model_6.pt").read_bytes())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "device": "cuda:0", "n_devices": 2}))
+    model = open_series(str(tmp_path)).load(7)
+    assert str(model.cfg.device) == "cpu" and model.cfg.n_devices == 1
+    sd = torch.load(tl_dir / "model_6.pt", weights_only=True)
+    assert all(torch.equal(p, sd[k]) for k, p in model.state_dict().items() if k in sd)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
