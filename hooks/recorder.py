@@ -49,10 +49,11 @@ from torch import Tensor
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformer_lens import FactoredMatrix
 
-from sslens import compat
+from sslens import compat, recording_claim
 from sslens.compat import HookedModel as HookedTransformer  # the installed line's model class
 from sslens.errors import SslensError, require
 from sslens.lock import RunLock, run_lock
+from sslens.recording_claim import MODES, model_identity
 from sslens.schedule import log_schedule
 from sslens.store import RunStore, step_file
 
@@ -208,6 +209,9 @@ class CircuitRecorder:
         reference: weights W_0 for ``scores.rel_change`` (name -> tensor). Default: the trainable parameters at
             ``attach`` (a CPU copy). A recorder never attached and given no reference records no rel_change.
         verbose: print the estimated bytes per recorded step at attach.
+        mode: a store that already holds recordings: ``"new"`` (default) refuses it, ``"resume"`` continues its
+            run (same model; recordings after ``start_step`` are dropped), ``"overwrite"`` deletes them first
+            (``sslens.recording_claim``).
     """
 
     def __init__(
@@ -231,7 +235,11 @@ class CircuitRecorder:
         probe_period: int | None = None,
         reference: dict[str, Tensor] | None = None,
         verbose: bool = True,
+        mode: str = "new",
     ):
+        require(mode in MODES, "mode", f"got {mode!r}", ", ".join(MODES))
+        self.mode = mode
+        self.run_id: str | None = None
         cfg = model.cfg
         self.model = model
         self.store = RunStore(store) if isinstance(store, (str, Path)) else store
@@ -385,7 +393,7 @@ class CircuitRecorder:
         step = self.step if step is None else step
         rec = self.capture()
         if self.store is not None:
-            meta = {"recorder": {"format": FORMAT, "layers": self.layers, "heads": self.heads,
+            meta = {"recorder": {"format": FORMAT, "layers": self.layers, "heads": self.heads, "run": self.run_id,
                                  "spectra_only": self.spectra_only, "dtype": str(self.model.cfg.dtype)}}
             with run_lock(self.store.path):
                 self.store.save_recording(step, rec, meta)
@@ -457,10 +465,19 @@ class CircuitRecorder:
             warnings.warn("CircuitRecorder: this model already had an attached recorder; it is detached and "
                           "replaced by the new one", stacklevel=2)
             prev.detach()
+            if prev.store is not None and self.store is not None and prev.store.path.resolve() == self.store.path.resolve():
+                self.run_id = self.run_id or prev.run_id  # the same live model goes on recording the same run
         if self._handle is not None:
             self.detach()
         if self.store is not None:
             self._lock = RunLock(self.store.path)
+            try:
+                self.run_id = recording_claim.claim(self.store, self, model_identity(self.model, self.layers, self.heads),
+                                                    self.mode, self.step, self.run_id)
+            except BaseException:
+                self._lock.release()
+                self._lock = None
+                raise
         if self.reference is None:
             self.reference = {n: p.detach().to("cpu", copy=True) for n, p in compat.leaves(self.model).items()
                               if p.requires_grad}
@@ -500,6 +517,7 @@ class CircuitRecorder:
             self._handle.remove()
             self._handle = None
         if self._lock is not None:
+            recording_claim.release(self.store, self)
             self._lock.release()
             self._lock = None
         ref = getattr(self.model, "_sslens_recorder", None)

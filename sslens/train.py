@@ -282,6 +282,7 @@ def _train(cfg: TrainConfig, store: RunStore | None, resume: bool, progress: boo
         recorder = CircuitRecorder(
             model, store=store, schedule=cfg.schedule(), probe_tokens=probe, probe_target=probe_target, start_step=start,
             token_space=max(model.cfg.d_vocab, model.cfg.d_vocab_out) <= 4096, verbose=progress,  # Scan&Snap: Z, Y
+            mode="resume" if resume else "new",
         )
         recorder.attach(optimizer)
     model.sslens_recorder = recorder
