@@ -5,13 +5,16 @@ process never blocks; the file keeps ``host pid`` of the last holder so that a r
 name who holds it. ``wait=True`` blocks until the holder is gone (a retried distributed task).
 Within one process the lock is re-entrant: ``train`` holds it and the recorder it attaches takes it
 again without blocking itself (a count per directory; the file lock goes with the last release).
+The lock file is opened with ``O_NOFOLLOW``: a planted symlink (or hard link, FIFO) is refused in one line.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
+import stat
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,9 +29,35 @@ _HELD: dict[Path, list] = {}  # resolved run dir -> [fd, count] held by this pro
 def holder(run_dir: str | os.PathLike) -> str:
     """``host pid`` written by the last process that took the lock (``unknown`` if unreadable)."""
     try:
-        return (Path(run_dir) / LOCK_NAME).read_text().strip() or "unknown"
+        fd = os.open(Path(run_dir) / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            text = os.read(fd, 200).decode(errors="replace")
+        finally:
+            os.close(fd)
+        return " ".join(text.split()) or "unknown"
     except OSError:
         return "unknown"
+
+
+def _open_lock(path: Path) -> int:
+    """Open (or create) a lock file without following a symlink; refuse anything but a plain file of one link.
+
+    A planted ``.lock`` symlink (dangling or not), hard link, FIFO or directory is refused in one line, so the
+    ``host pid`` line is never written through to another file and no target is created.
+    """
+    allowed = "remove it (a run directory's .lock is a plain file sslens creates)"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP or os.path.islink(path):
+            raise SslensError("out", f"{path} is a symbolic link; refusing to write through it", allowed) from None
+        raise SslensError("out", f"cannot open the lock file {path} ({e.strerror})", "a writable directory path") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"a file with {st.st_nlink} hard links"
+        raise SslensError("out", f"{path} is {what}; refusing to write to it", allowed)
+    return fd
 
 
 class RunLock:
@@ -44,10 +73,10 @@ class RunLock:
             return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise SslensError("out", f"cannot create run directory {self.path} ({e.strerror})",
                               "a writable directory path") from None
+        self._fd = _open_lock(self.path / LOCK_NAME)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
