@@ -140,11 +140,32 @@ def step_file(step: int) -> str:
     return f"step_{step:08d}.safetensors"
 
 
-def check_out_path(path: str | os.PathLike, field: str = "out") -> Path:
+RUN_ENTRIES = frozenset({".lock", "config.json", "checkpoints", "recordings", "metrics.jsonl", "COMPLETE", "DIVERGED",
+                         "FAILED"})  # what a run directory holds (besides .*.tmp files of killed writers)
+SWEEP_MARKERS = frozenset({"runs", "sweep.json", "results.csv"})  # one of them in every sweep output directory
+
+
+def _foreign(p: Path, kind: str) -> str | None:
+    """The first entry of the existing directory ``p`` showing it is not an sslens ``kind`` ("run"/"sweep")."""
+    names = []
+    for entry in p.iterdir():
+        names.append(entry.name)
+        if kind == "run" and entry.name not in RUN_ENTRIES and not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+            return entry.name
+        if len(names) > 10_000:
+            break
+    if kind == "sweep" and names and not SWEEP_MARKERS & set(names):
+        return sorted(names)[0]
+    return None
+
+
+def check_out_path(path: str | os.PathLike, field: str = "out", kind: str | None = None) -> Path:
     """``path`` as an output directory, checked before anything is written (one-line errors).
 
     Refuses ``''`` (it would mean the current directory), an existing file, a path under a file,
-    and a path whose nearest existing ancestor is not writable.
+    and a path whose nearest existing ancestor is not writable. ``kind="run"`` / ``"sweep"``: an existing
+    non-empty directory must be an sslens run (only :data:`RUN_ENTRIES`) / sweep (one of :data:`SWEEP_MARKERS`),
+    so ``--out /`` or ``--out ~`` is never filled.
     """
     s = os.fspath(path)
     allowed = "a directory path (new, or an existing directory) in a writable location"
@@ -154,6 +175,10 @@ def check_out_path(path: str | os.PathLike, field: str = "out") -> Path:
     try:
         if p.exists():
             require(p.is_dir(), field, f"{p} is a file, not a directory", allowed)
+            if kind is not None:
+                bad = _foreign(p, kind)
+                require(bad is None, field, f"{p} is a non-empty directory that is not an sslens {kind} (it holds {bad!r})",
+                        f"a new or empty directory, or an existing sslens {kind}")
             require(os.access(p, os.W_OK | os.X_OK), field, f"{p} is not writable", allowed)
             return p
         for parent in p.parents:

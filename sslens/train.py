@@ -221,7 +221,7 @@ def train(
     check_memory(cfg.model, cfg.batch)
     if out is None:
         return _train(cfg, None, resume, progress)
-    store = RunStore(check_out_path(out))
+    store = RunStore(check_out_path(out, kind="run"))
     created = not store.path.exists()
     with store.writing():
         try:

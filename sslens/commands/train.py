@@ -89,7 +89,7 @@ def run(a: argparse.Namespace) -> int:
     from sslens.store import check_out_path
     from sslens.train import train
 
-    check_out_path(a.out, field="--out")  # before building anything
+    check_out_path(a.out, field="--out", kind="run")  # before building anything
     cfg = scan_snap_train_config(a)
     _, store = train(cfg, out=a.out, resume=a.resume, progress=not a.quiet)
     rows = store.read_metrics()

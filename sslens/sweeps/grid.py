@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from sslens.errors import SslensError, require
 from sslens.lock import run_lock
-from sslens.store import RunStore, atomic_write_json, atomic_write_text
+from sslens.store import RunStore, atomic_write_json, atomic_write_text, check_out_path
 from sslens.sweeps.jobs import STATUSES, clean_temp, finished, resolve_fn, status_of
 
 SPEC_FIELDS = ("base", "grid", "fn")
@@ -388,7 +388,7 @@ def run_points(
     require(isinstance(max_retries, int) and max_retries >= 0, "max_retries", f"got {max_retries!r}", "an int >= 0")
     names = [n for n, _, _ in runs]
     require(len(set(names)) == len(names), "points", "duplicate run names", "unique names")
-    out = Path(out)
+    out = check_out_path(out, kind="sweep")
     runs_dir = out / "runs"
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
