@@ -142,7 +142,7 @@ def step_file(step: int) -> str:
 
 RUN_ENTRIES = frozenset({".lock", "config.json", "checkpoints", "recordings", "metrics.jsonl", "COMPLETE", "DIVERGED",
                          "FAILED"})  # what a run directory holds (besides .*.tmp files of killed writers)
-SWEEP_MARKERS = frozenset({"runs", "sweep.json", "results.csv"})  # one of them in every sweep output directory
+SWEEP_MARKERS = frozenset({"runs", "sweep.json", "results.csv", ".lock"})  # one of them in every sweep output directory
 
 
 def _foreign(p: Path, kind: str) -> str | None:
