@@ -50,6 +50,8 @@ def report(results: list[SeriesResult], out_dir: Path, layers=None, heads=None, 
 
     def to_json() -> dict:  # while a forked helper renders the figures
         metrics["series"] = [r.to_json() for r in results]
+        # groups of steps with identical tensors (sslens.integrity), over every series in order
+        metrics["duplicates"] = [g for r in results for g in r.meta.get("duplicates", [])]
         return metrics
 
     try:

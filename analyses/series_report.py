@@ -160,6 +160,9 @@ def write_report(results: list, out_dir: str | Path, title: str = "Series analys
             panels = {"rank": 6, "scores": 4, "composition": 3}.get(what, 1) * max(r.n_layers, 1)
             rep.figure_later(lambda: plot(r, what), caption, dpi=FIGURE_DPI, cost=panels)
 
+    for r in results:  # identical checkpoints first (sslens.integrity): a series may hold mislabelled copies
+        for g in r.meta.get("duplicates", []):
+            rep.note(f"DUPLICATES in {r.name}: steps {', '.join(map(str, g))} hold identical tensors")
     rep.note("Weights are analysed as the model holds them (no LayerNorm folding), cast to float64.")
     for r in results:
         rep.h2(f"{r.name}: {len(r.steps)} states, steps {r.steps[0]}..{r.steps[-1]}, "

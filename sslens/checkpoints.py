@@ -11,8 +11,10 @@ Sources (``open_series(path, ...)``):
   TransformerBridgeConfig fields (``cfg.to_dict()`` of either line, also ``json.dump(..., default=str)`` with dtype strings), or the form
   :func:`save_config` writes for an sslens model (its model config: the model is rebuilt with its
   variant hooks; such a directory is never loaded as a plain HookedTransformer);
-- ``pretrained:NAME`` with ``checkpoint_indices``: ``compat.from_pretrained(NAME, i)`` from the local Hugging
-  Face cache only (offline).
+- ``pretrained:NAME`` with ``checkpoints`` (a SPEC, :func:`sslens.pretrained.parse_checkpoints`) or
+  ``checkpoint_indices`` (default: every revision cached): ``compat.from_pretrained(NAME, i)`` from the local
+  Hugging Face cache only (offline; the revisions are checked first, a missing one names the present ones);
+  steps are the checkpoint labels (training steps).
 Models are built on the installed TransformerLens line (``compat.build_from_config``).
 Every failure is one line naming what is wrong: missing config, shape mismatch, truncated file,
 pickle-only file (refused by ``weights_only``).
@@ -47,7 +49,8 @@ class Series:
     ``load_into(i, model)`` loads checkpoint ``i`` into ``model`` (built once when ``None``) and returns it:
     the fast path for long series. ``notes``: one-line facts about the series (e.g. overwritten epochs).
     ``files``: step -> state-dict file, for a plain HookedTransformer rebuilt from a config (the batched analysis,
-    ``sslens.analyses.batched``, reads them itself); None otherwise.
+    ``sslens.analyses.batched``, reads them itself); None otherwise. ``tensors(i)``: checkpoint ``i``'s tensors as
+    stored, without building a model (the content hash, :mod:`sslens.integrity`).
     """
 
     name: str
@@ -56,6 +59,7 @@ class Series:
     load_into: Callable[[int, HookedTransformer | None], HookedTransformer] | None = None
     notes: list[str] = field(default_factory=list)
     files: dict[int, Path] | None = None
+    tensors: Callable[[int], dict[str, torch.Tensor]] | None = None
 
     def __post_init__(self):
         if self.load_into is None:
@@ -181,10 +185,25 @@ def state_dict_files(p: Path) -> tuple[dict[int, Path], bool]:
     return {(n + 1 if tl_train else n): f for _, n, f in found}, tl_train
 
 
-def open_series(path: str, config: str | None = None, checkpoint_indices: list[int] | None = None) -> Series:
-    """Open one checkpoint series (see the module docstring)."""
+def open_series(path: str, config: str | None = None, checkpoint_indices: list[int] | None = None,
+                checkpoints: str | None = None) -> Series:
+    """Open one checkpoint series (see the module docstring); ``checkpoints``: a ``--checkpoints`` SPEC
+    (:func:`sslens.pretrained.parse_checkpoints`; for state-dict and run series, indices into their steps)."""
     if path.startswith("pretrained:"):
-        return _pretrained(path.split(":", 1)[1], checkpoint_indices or [])
+        return _pretrained(path.split(":", 1)[1], checkpoint_indices, checkpoints)
+    s = _open_local(path, config)
+    if checkpoints is not None:
+        from sslens.pretrained import parse_checkpoints
+
+        keep = [s.steps[i] for i in parse_checkpoints(checkpoints, s.steps)]
+        s.steps = keep
+        if s.files is not None:
+            s.files = {k: v for k, v in s.files.items() if k in keep}
+    return s
+
+
+def _open_local(path: str, config: str | None) -> Series:
+    """A run directory or a directory of state dicts."""
     p = Path(path)
     require(p.exists(), "path", f"no such file or directory {p}", "an sslens run, a directory of .pt files, or pretrained:NAME")
     if (p / "config.json").exists() and (p / "checkpoints").is_dir():
@@ -216,7 +235,8 @@ def open_series(path: str, config: str | None = None, checkpoint_indices: list[i
     # the batched analysis reads the files in 3.x names: not for 4.x (bridge-keyed) state dicts, read through compat
     plain = isinstance(build, dict) and not compat.is_bridge_state_dict(load_state_dict(by_step[min(by_step)]))
     files = dict(sorted(by_step.items())) if plain else None
-    return Series(p.name, sorted(by_step), lambda s: load_into(s), load_into, notes, files)
+    return Series(p.name, sorted(by_step), lambda s: load_into(s), load_into, notes, files,
+                  tensors=lambda s: load_state_dict(by_step[s]))
 
 
 def _run_series(p: Path) -> Series:
@@ -232,7 +252,10 @@ def _run_series(p: Path) -> Series:
         load_params(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         return model
 
-    return Series(p.name, store.checkpoint_steps(), lambda s: load_into(s), load_into)
+    def tensors(s: int) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in store.load_checkpoint(s)[0].items() if k.startswith("model.")}
+
+    return Series(p.name, store.checkpoint_steps(), lambda s: load_into(s), load_into, tensors=tensors)
 
 
 def _birth_time(path: Path) -> float:
@@ -263,14 +286,16 @@ def _tl_train_notes(files: list[tuple[int, Path]]) -> list[str]:
 
 def hf_cache_dir(repo: str) -> Path:
     """Where huggingface_hub keeps ``repo`` (``HF_HUB_CACHE/models--org--name``)."""
-    from huggingface_hub import constants
+    from sslens.pretrained import cache_dir
 
-    return Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
+    return cache_dir(repo)
 
 
-def _pretrained(name: str, indices: list[int]) -> Series:
-    """Offline only: the name and the local cache are checked before any loading (no network, no retries)."""
-    require(bool(indices), "checkpoint_indices", "none given for a pretrained series", "one or more ints")
+def _pretrained(name: str, indices: list[int] | None, spec: str | None = None) -> Series:
+    """Offline only: the name, the checkpoint list and the local cache's revisions are checked before any
+    loading (no network, no retries); ``spec`` (``--checkpoints``) or ``indices``, default every cached revision."""
+    from sslens import pretrained as pt
+
     allowed = "a model with checkpoints already downloaded to the Hugging Face cache"
     try:
         repo = compat.official_model_name(name)
@@ -278,8 +303,23 @@ def _pretrained(name: str, indices: list[int]) -> Series:
         raise SslensError("pretrained", f"{name!r} is not a TransformerLens model name",
                           "a name of transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES") from None
     require(hf_cache_dir(repo).is_dir(), "pretrained", f"{repo} is not in the local cache {hf_cache_dir(repo).parent}", allowed)
+    labels = pt.labels(repo)
+    if spec is not None:
+        indices = pt.parse_checkpoints(spec, labels)
+    elif indices:
+        bad = [i for i in indices if not -len(labels) <= i < len(labels)]
+        require(not bad, "checkpoint_indices", f"{bad[0] if bad else 0} is out of range for {len(labels)} checkpoints",
+                f"indices 0..{len(labels) - 1}")
+        indices = sorted({i % len(labels) for i in indices})
+    else:  # every revision the cache holds
+        have = set(pt.cached_revisions(repo))
+        indices = [i for i, v in enumerate(labels) if pt.revision(repo, v) in have]
+        require(bool(indices), "--checkpoints", f"the local cache holds no checkpoint revision of {repo}", allowed)
+    revs = {labels[i]: pt.revision(repo, labels[i]) for i in indices}
+    pt.check_cached(repo, list(revs.values()))
+    index = {labels[i]: i for i in indices}
 
-    def load(i: int) -> HookedTransformer:
+    def load(step: int) -> HookedTransformer:
         import os
 
         from huggingface_hub import constants
@@ -289,10 +329,10 @@ def _pretrained(name: str, indices: list[int]) -> Series:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return compat.from_pretrained(name, i, device="cpu")
+                return compat.from_pretrained(name, index[step], device="cpu")
         except Exception as e:  # noqa: BLE001 - any loader failure is reported in one line
-            raise SslensError("pretrained", f"{name} checkpoint {i} is not in the local cache ({type(e).__name__})",
-                              allowed) from None
+            raise SslensError("pretrained", f"{name} checkpoint {index[step]} ({revs[step]}) could not be loaded from the "
+                              f"local cache ({type(e).__name__}: {' '.join(str(e).split())[:120]})", allowed) from None
         finally:
             constants.HF_HUB_OFFLINE = old_const
             if old_env is None:
@@ -300,7 +340,22 @@ def _pretrained(name: str, indices: list[int]) -> Series:
             else:
                 os.environ["HF_HUB_OFFLINE"] = old_env
 
-    return Series(name, list(indices), load)
+    def tensors(step: int) -> dict[str, torch.Tensor]:
+        return pt.read_tensors(pt.weights_file(repo, revs[step]))
+
+    # steps are the checkpoint labels (training steps), so reports and --steps speak steps
+    return Series(name, sorted(index), load, tensors=tensors, notes=[f"{repo}: checkpoint indices {_ranges(indices)}"])
+
+
+def _ranges(xs: list[int]) -> str:
+    """``0-3, 7, 9-10`` for sorted ints."""
+    out, start = [], None
+    for i, x in enumerate(xs):
+        start = x if start is None else start
+        if i + 1 == len(xs) or xs[i + 1] != x + 1:
+            out.append(str(start) if start == x else f"{start}-{x}")
+            start = None
+    return ", ".join(out)
 
 
 def load_probe(path: str | Path, tokenizer: str | Path | None = None) -> torch.Tensor:

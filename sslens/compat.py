@@ -141,16 +141,28 @@ def official_model_name(name: str) -> str:
     return get_official_model_name(name)
 
 
-def from_pretrained(name: str, checkpoint_index: int, device: str = "cpu") -> Any:
-    """Training checkpoint ``checkpoint_index`` of a pretrained model.
+def checkpoint_labels(repo: str) -> list[int]:
+    """TransformerLens's checkpoint labels (training steps) of ``repo``; ``checkpoint_index`` indexes them."""
+    if TL_MAJOR < 4:
+        from transformer_lens.loading_from_pretrained import get_checkpoint_labels
+    else:
+        from transformer_lens.tools.model_registry.checkpoints import get_checkpoint_labels
+    return list(get_checkpoint_labels(repo)[0])
 
-    ``HookedTransformer.from_pretrained`` on 3.x (weights processed as TransformerLens does),
-    ``TransformerBridge.boot_transformers`` on 4.x (raw HF weights).
+
+def from_pretrained(name: str, checkpoint_index: int, device: str = "cpu") -> Any:
+    """Training checkpoint ``checkpoint_index`` of a pretrained model, weights as trained (no processing).
+
+    ``HookedTransformer.from_pretrained`` on 3.x with ``fold_ln``/``center_writing_weights``/``center_unembed``
+    off, ``TransformerBridge.boot_transformers`` on 4.x (raw HF weights): the same weights on both lines.
     """
     if TL_MAJOR < 4:
         from transformer_lens import HookedTransformer
 
-        return HookedTransformer.from_pretrained(name, checkpoint_index=checkpoint_index, device=device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return HookedTransformer.from_pretrained(name, checkpoint_index=checkpoint_index, device=device, fold_ln=False,
+                                                     center_writing_weights=False, center_unembed=False)
     from transformer_lens.model_bridge import TransformerBridge
 
     return TransformerBridge.boot_transformers(official_model_name(name), checkpoint_index=checkpoint_index, device=device)

@@ -14,7 +14,8 @@ EXAMPLE = """\
 examples:
   sslens analyze-checkpoints runs/cr/anchor --out reports/anchor
   sslens analyze-checkpoints ckpts/ --config ckpts/config.json --out reports/mine     # model_<step>.pt files
-  sslens analyze-checkpoints pretrained:pythia-14m --checkpoint-indices 0 50 100 --out reports/pythia
+  sslens analyze-checkpoints pretrained:pythia-14m --checkpoints "every 10" --out reports/pythia   # offline, HF cache
+  sslens analyze-checkpoints pretrained:pythia-14m --checkpoints "0-10, step143000" --dedupe --out reports/pythia
   sslens analyze-checkpoints ckpts/ --probe probe.txt --layers 1 --heads 0 3 --steps 0 500 --out reports/mine"""
 
 
@@ -29,7 +30,12 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output directory (metrics.json, report.html)")
     p.add_argument("--config", default=None, help="HookedTransformerConfig JSON for directories of .pt state dicts")
     p.add_argument("--checkpoint-indices", type=int, nargs="+", default=None,
-                   help="which checkpoints of pretrained:NAME (default: all)")
+                   help="which checkpoints of pretrained:NAME (TransformerLens's checkpoint_index; default: all cached)")
+    p.add_argument("--checkpoints", default=None, metavar="SPEC",
+                   help="which checkpoints: comma-separated N (index), A-B (range), 'every K', stepN (at step N), all; "
+                        "indices into TransformerLens's checkpoint list for pretrained:NAME, else into the series' steps")
+    p.add_argument("--dedupe", action="store_true",
+                   help="analyse each distinct state once (checkpoints with identical tensors: metrics.json duplicates)")
     p.add_argument("--probe", default=None, help="probe token ids: .txt (one sequence per line), .npy, .safetensors "
                                                  "(key 'tokens'), or text with --tokenizer")
     p.add_argument("--tokenizer", default=None, help="local Hugging Face tokenizer directory for a text --probe")
@@ -64,7 +70,8 @@ def run(a: argparse.Namespace) -> int:
     results = []
     for path in a.paths:
         # the weight metrics start in a forked process now, while this one imports TransformerLens (seconds)
-        job = None if a.checkpoint_indices else start_weights(path, a.config, probe)
+        plain = not (a.checkpoint_indices or a.checkpoints or a.dedupe or path.startswith("pretrained:"))
+        job = start_weights(path, a.config, probe) if plain else None
         try:
             results.append(_analyze_one(a, path, probe, views, job))
         finally:
@@ -87,7 +94,8 @@ def _analyze_one(a: argparse.Namespace, path: str, probe, views, job):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # series notes are printed below
-        s = open_series(path, config=a.config, checkpoint_indices=a.checkpoint_indices)
+        s = open_series(path, config=a.config, checkpoint_indices=a.checkpoint_indices, checkpoints=a.checkpoints)
+    hashes, groups = _integrity(s, a.dedupe)
     for n in s.notes:
         print(f"{s.name}: note: {n}")
     if probe is None and (Path(path) / "config.json").is_file() and (Path(path) / "checkpoints").is_dir():
@@ -101,9 +109,34 @@ def _analyze_one(a: argparse.Namespace, path: str, probe, views, job):
                 raise SslensError("task", f"{Path(path) / 'config.json'} has a malformed task ({type(e).__name__}: {e})",
                                   "a config.json written by sslens train") from None
     try:
-        return analyze_series(s, probe=probe, progress=not a.quiet, views=views, job=job)
+        res = analyze_series(s, probe=probe, progress=not a.quiet, views=views, job=job)
+        if hashes:
+            res.meta["hashes"] = {str(k): v for k, v in sorted(hashes.items())}
+            res.meta["duplicates"] = groups
+        return res
     except (SslensError, OSError, MemoryError):
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError, RuntimeError) as e:
         raise SslensError("paths", f"{path} could not be analyzed ({type(e).__name__}: {' '.join(str(e).split())[:160]})",
                           "sslens run dirs, dirs of model_<step>.pt, or pretrained:NAME") from None
+
+
+def _integrity(s, dedupe: bool) -> tuple[dict[int, str], list[list[int]]]:
+    """Content hash per checkpoint (:mod:`sslens.integrity`) and the groups of identical states.
+
+    With ``dedupe`` the series keeps the first step of each group.
+    """
+    from sslens.integrity import distinct_steps, duplicate_groups, series_hashes
+
+    if s.tensors is None:
+        return {}, []
+    hashes = series_hashes(s.steps, s.tensors)
+    groups = duplicate_groups(hashes)
+    s.notes[:0] = [f"steps {', '.join(map(str, g))} hold identical tensors (content hash {hashes[g[0]][:12]})"
+                   + ("; analysed once" if dedupe else "") for g in groups]
+    if dedupe and groups:
+        keep = distinct_steps(hashes)
+        s.steps = keep
+        if s.files is not None:
+            s.files = {k: v for k, v in s.files.items() if k in keep}
+    return hashes, groups
