@@ -35,7 +35,7 @@ TEST4  ?= tests/test_compat.py tests/test_checkpoint_lines.py tests/test_readme.
 	tests/test_engine.py::test_loss_and_gradients_equal_hooked_transformer \
 	tests/test_engine.py::test_engine_run_store_is_a_normal_run_store \
 	tests/test_sweep_grid.py::test_toml_spec_engine_and_hooked_runs_equal_direct_training \
-	tests/test_notebook.py
+	tests/test_notebook.py tests/test_pretrained_series.py
 
 venv4: $(STAMP4)
 

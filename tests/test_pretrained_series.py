@@ -3,8 +3,6 @@ tiny random GPT-NeoX (as EleutherAI/pythia-14m, revisions stepN) and GPT-2 (as s
 loaded through TransformerLens with no network; the analysed weights equal the saved tensors by an independent
 reshaping of the HF layouts; a missing revision is one line naming the present ones; `--checkpoints` SPECs."""
 
-import json
-
 import einops
 import pytest
 import torch
@@ -113,20 +111,17 @@ def test_missing_revision_is_one_line_naming_the_present_ones(offline, tmp_path,
     assert "allowed: the cached revisions: step0, step1, step2, step4" in lines[0]
 
 
-def test_cli_pretrained_series_with_duplicates_and_dedupe(offline, tmp_path, capsys):
-    out = tmp_path / "rep"
-    code, stdout, err = cli(["analyze-checkpoints", "pretrained:pythia-14m", "--out", out, "--quiet"], capsys)  # all cached
-    assert code == 0, err
-    m = json.loads((out / "metrics.json").read_text())
-    assert m["duplicates"] == [[2, 4]]  # step4's files are step2's
-    (series,) = m["series"]
-    assert series["steps"] == PYTHIA_STEPS and len(set(series["meta"]["hashes"].values())) == 3
-    ent = series["head"]["entropy"]
-    assert ent[2] == ent[3]  # the same state gives the same metrics
-    assert "DUPLICATES in pythia-14m: steps 2, 4" in (out / "report.html").read_text()
-    code, _, err = cli(["analyze-checkpoints", "pretrained:pythia-14m", "--checkpoints", "0, step2, step4", "--dedupe",
-                        "--out", tmp_path / "dd", "--quiet"], capsys)  # indices 0, 2, 3
-    assert code == 0, err
-    d = json.loads((tmp_path / "dd" / "metrics.json").read_text())
-    assert d["duplicates"] == [[2, 4]] and d["series"][0]["steps"] == [0, 2]
-    assert d["series"][0]["head"]["entropy"] == [ent[0], ent[2]]
+def test_pretrained_series_duplicates_and_dedupe(offline):
+    from sslens.analyses.checkpoints import analyze_series
+    from sslens.commands.analyze_checkpoints import _integrity
+
+    s = open_series("pretrained:pythia-14m")  # every cached revision
+    hashes, groups = _integrity(s, dedupe=False)
+    assert s.steps == PYTHIA_STEPS and groups == [[2, 4]]  # step4's files are step2's (other commits, same blobs)
+    assert len(set(hashes.values())) == 3
+    ent = analyze_series(s, progress=False).head["entropy"]
+    assert torch.equal(ent[2], ent[3])  # the same state gives the same metrics
+    s = open_series("pretrained:pythia-14m", checkpoints="0, step2, step4")  # indices 0, 2, 3
+    hashes, groups = _integrity(s, dedupe=True)
+    assert groups == [[2, 4]] and s.steps == [0, 2] and set(hashes) == {0, 2, 4}
+    torch.testing.assert_close(analyze_series(s, progress=False).head["entropy"], ent[[0, 2]], rtol=1e-12, atol=0)
