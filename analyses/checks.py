@@ -3,12 +3,13 @@
 File layout: ``{"schema": 1, "provenance": {...}, "checks": [row, ...]}`` with each row
 
     {"id": "cr.stage2.alignment", "check": "...", "measured": 0.97, "predicted": ">= 0.95" | 1.0,
-     "tolerance": "...", "pass": true | false | "reported", "regime": "...", "run": "binary-tanh" | [...],
+     "tolerance": "...", "pass": true | false | "reported" | "outside", "regime": "...", "run": "binary-tanh" | [...],
      "step": 180 | [...], "interval": [lo, hi] (optional, over seeds), "n_seeds": 3 (optional)}
 
 ``id`` is stable across versions (tests and the lead's recomputation key on it); ``run`` is the run
 directory relative to OUT (a list where a check aggregates runs), ``step`` the checkpoint the number
-was measured at. A row that is reported, not judged, has ``"pass": "reported"``. Non-finite numbers
+was measured at. A row that is reported, not judged, has ``"pass": "reported"``; a row whose run breaks the
+theorem's premise (named in ``regime``) has ``"pass": "outside"``. Non-finite numbers
 are written as the strings "nan"/"inf" (JSON has none). The HTML reports render from these rows
 (``table_rows``).
 """
@@ -44,8 +45,8 @@ def validate(row: dict) -> dict:
     missing = [k for k in FIELDS if k not in row]
     if missing:
         raise SslensError("checks", f"row {row.get('id', '?')!r} lacks {', '.join(missing)}", ", ".join(FIELDS))
-    if row["pass"] not in (True, False, "reported"):
-        raise SslensError("checks", f"row {row['id']!r}: pass = {row['pass']!r}", "true, false or 'reported'")
+    if row["pass"] not in (True, False, "reported", "outside"):
+        raise SslensError("checks", f"row {row['id']!r}: pass = {row['pass']!r}", "true, false, 'reported' or 'outside'")
     if not isinstance(row["id"], str) or not row["id"]:
         raise SslensError("checks", f"id {row['id']!r}", "a non-empty dotted string such as cr.stage2.alignment")
     return _clean(dict(row))
@@ -111,7 +112,7 @@ def _fmt(x) -> str:
 
 
 def table_rows(rows: list[dict]) -> list[dict]:
-    """Rows for ``Report.table``: PASS / FAIL / reported, the interval over seeds, run@step."""
+    """Rows for ``Report.table``: PASS / FAIL / reported / outside, the interval over seeds, run@step."""
     out = []
     for r in rows:
         meas = _fmt(r["measured"])
@@ -119,6 +120,6 @@ def table_rows(rows: list[dict]) -> list[dict]:
             meas += f" (seeds: {_fmt(r['interval'])}, n = {r.get('n_seeds', '?')})"
         out.append({"id": r["id"], "check": r["check"], "measured": meas, "predicted": _fmt(r["predicted"]),
                     "tolerance": _fmt(r["tolerance"]),
-                    "result": {True: "PASS", False: "FAIL"}.get(r["pass"], "reported"),
+                    "result": {True: "PASS", False: "FAIL", "outside": "outside"}.get(r["pass"], "reported"),
                     "regime": r["regime"], "run @ step": f"{_fmt(r['run'])} @ {_fmt(r['step'])}"})
     return out

@@ -14,8 +14,10 @@ from sslens.analyses.scan_snap_checks import (
     snap_from_speed,
     snap_step,
     thm3_general_error,
+    time_order,
 )
 from sslens.data import syn_small
+from sslens.data.sequence_classes import one_common
 from sslens.models import scan_snap_config
 from sslens.store import RunStore
 from sslens.tasks import SequenceClassTask
@@ -117,8 +119,46 @@ def test_known_failure_regime_is_reported(tmp_path):
     notes = known_failures(r)
     assert any("NOT to hold with SGD momentum" in n for n in notes) and any("eta_Y >> eta_Z" in n for n in notes)
     out = checks(trajectory(tmp_path), c)
-    assert all(r["regime"] == "sgd, momentum 0.9, eta_Y/eta_Z = 1, zero init" for r in out["rows"])
+    assert all(r["regime"].startswith("sgd, momentum 0.9, eta_Y/eta_Z = 1, zero init") for r in out["rows"])
+    thm4 = [r for r in out["rows"] if r["id"].startswith("thm4.")]
+    # Syn-Small breaks Thm 4's premise (10 common tokens, M = 34): every Thm 4 row is "outside", the premise named
+    assert len(thm4) == 4 and all(r["pass"] == "outside" for r in thm4)
+    assert all("outside Thm 4's premise: 10 common tokens per class (Thm 4: one), M = 34" in r["regime"] for r in thm4)
+    assert all("outside" not in r["regime"] for r in out["rows"] if not r["id"].startswith("thm4."))
     # t0 in steps: where the heavy-ball flow time (1 + 1.9 + 2.71 + ...) reaches 2 K ln M / eta_Y
     t0 = out["t0"]
     assert 1 < t0 < 2 * s.K * np.log(s.M) and th.momentum_time(t0, 0.9) == pytest.approx(2 * s.K * np.log(s.M))
     assert out["chi_predicted"][1] == pytest.approx(th.chi(1.0, s.M, s.K, 1.0, 1.0))  # step 1 = flow time 1
+
+
+def test_time_order_known_answers():
+    """Shares that peak at step 10 x (rank of P) give Spearman 1; peaks in reverse order give -1; the exact Thm 3
+    trajectory (zero-init invariant, top token's z rising) orders its peaks by P."""
+    s = syn_small()
+    steps = list(range(0, 201, 2))
+    P = s.P()
+    c = torch.zeros(len(steps), s.K, s.M, dtype=torch.float64)
+    for k, d in enumerate(s.distinct):
+        rank = torch.argsort(torch.argsort(P[k, d]))  # 0 = least likely
+        for j, tok in enumerate(d):
+            for i, t in enumerate(steps):
+                c[i, k, tok] = 1.0 / (1.0 + (t - 10.0 * (rank[j].item() + 1)) ** 2)  # peak at 10 (rank + 1)
+    assert time_order(steps, c, s) == pytest.approx([1.0, 1.0])
+    assert time_order(steps, c.flip(0), s) == pytest.approx([-1.0, -1.0])
+    traj = thm3_trajectory(s, range(0, 2001, 5))
+    assert min(time_order(traj.steps, traj.c, s)) >= 0.8
+
+
+def test_thm4_rows_judged_inside_the_premise_c0_rows_reported():
+    """One common token: snap_vs_t0 is judged (a bool), the C0-dependent rows are reported (None), no 'outside'."""
+    s = one_common(K=3, M=40)
+    assert [len(c) for c in s.common] == [1, 1, 1] and s.M == 40 and s.K == 3
+    Z = torch.zeros(11, s.M, s.M, dtype=torch.float64)
+    for i in range(11):
+        for k, d in enumerate(s.distinct):
+            Z[i, s.queries[k], d] = 0.1 * i * s.P()[k, d] / s.P()[k, d].max()
+    out = checks(CompositionTrajectory(list(range(0, 101, 10)), c_n(Z, s), Z, s), CFG)
+    by = {r["id"]: r for r in out["rows"]}
+    assert isinstance(by["thm4.snap_vs_t0"]["pass"], bool)
+    assert all(by[i]["pass"] is None for i in ("thm4.snap_vs_rule", "thm4.chi_corr", "thm4.chi_final_ratio"))
+    assert not any("outside" in r["regime"] for r in out["rows"])

@@ -102,3 +102,28 @@ def test_checks_json_rows_equal_the_run_metrics(run_dir):
     assert "ss.run.thm3.cv_all" in rows and "ss.run.thm4.snap_vs_t0" in rows
     page = render(res).render()
     assert "Theory checks (checks.json)" in page and "ss.run.thm2.distinct_rise" in page
+
+
+def test_time_order_row_from_the_fig4_runs(run_dir):
+    """scan.time_order recomputed here (numpy argmax of each distinct token's share, scipy Spearman with P); the
+    top-level ss.scan.time_order is the mean over the Fig. 4 runs, judged >= 0.8."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from sslens.analyses.c_n import trajectory
+    from sslens.analyses.scan_snap_report import analyze
+    from sslens.reproduce.scan_snap import ScanSnapResults, ScanSnapSettings, time_order_row
+
+    m = analyze(run_dir)
+    tr = trajectory(run_dir)
+    c, P = tr.c.numpy(), tr.spec.P().numpy()
+    rhos = [spearmanr(P[k, d], np.asarray(tr.steps)[c[:, k, d].argmax(0)]).statistic for k, d in enumerate(tr.spec.distinct)]
+    own = next(r for r in m["checks"] if r["id"] == "scan.time_order")
+    assert own["measured"] == pytest.approx(float(np.nanmean(rhos))) and own["pass"] is None
+    res = ScanSnapResults(ScanSnapSettings(out=run_dir.parent, fig="3"))
+    res.runs[run_dir.parent / "fig4-left"] = m
+    res.runs[run_dir.parent / "fig4-right"] = {**m, "checks": [{**r, "measured": 0.9} if r["id"] == "scan.time_order" else r
+                                                               for r in m["checks"]]}
+    row = time_order_row(res)
+    assert row["measured"] == pytest.approx((own["measured"] + 0.9) / 2) and row["run"] == ["fig4-left", "fig4-right"]
+    assert row["pass"] == (row["measured"] >= 0.8)

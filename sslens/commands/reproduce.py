@@ -10,12 +10,13 @@ import argparse
 
 from sslens.argtypes import positive_float, positive_int
 
-FIGS = ("3", "4", "5", "thm3", "6", "demo", "all")
+FIGS = ("3", "4", "5", "thm3", "premise", "6", "demo", "all")
 
 
 def _scan_snap_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fig", choices=FIGS, default="demo",
-                   help="which part: 3, 4, 5, thm3, 6 (the Fig. 6 sweep), demo (= 3, 4, 5, thm3) or all")
+                   help="which part: 3, 4, 5, thm3, premise (Thm 4 in its premise: exact T -> inf descent, one common "
+                   "token, K = 10, M = 1000), 6 (the Fig. 6 sweep), demo (= 3, 4, 5, thm3, premise) or all")
     p.add_argument("--steps", type=positive_int, default=100, help="iterations of the Fig. 4/5 runs")
     p.add_argument("--thm3-steps", type=positive_int, default=1000,
                    help="iterations of the plain-SGD Thm 3 run (rates scaled to keep eta*steps of eta_Z=0.1, 2000 steps)")

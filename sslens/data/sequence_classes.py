@@ -168,6 +168,25 @@ def syn_medium(num_last: int = 1, T: int = 128) -> SequenceClassSpec:
     return _authors_layout(num_last=num_last, next_per_last=2, T=T, name=f"syn-medium-{num_last}")
 
 
+def one_common(K: int = 10, M: int = 1000, T: int = 128) -> SequenceClassSpec:
+    """Thm 4's premise (docs/theory.md §1.3): ONE common token (id 0) shared by K classes.
+
+    Each class has its own query and next token; the other M - 1 - 2K tokens are split as evenly as possible into
+    the classes' distinct tokens, weighted linspace(0.1, 1, d) as the authors' (common token weight 1).
+    """
+    require(isinstance(K, int) and K >= 2, "K", f"got {K!r}", "an int >= 2")
+    n_distinct = M - 1 - 2 * K
+    require(isinstance(M, int) and n_distinct >= 2 * K, "M", f"got {M!r} for K = {K}", f"an int >= {4 * K + 1}")
+    sizes = [n_distinct // K + (k < n_distinct % K) for k in range(K)]
+    first_query, classes, base = 1 + n_distinct, [], 1
+    for k, d in enumerate(sizes):
+        w = torch.linspace(0.1, 1.0, d, dtype=torch.float64).tolist()
+        probs = {0: 1.0, **{base + i: w[i] for i in range(d)}}
+        classes.append(SequenceClass(m=first_query + k, n=first_query + K + k, probs=probs))
+        base += d
+    return SequenceClassSpec(M=M, classes=tuple(classes), T=T, name=f"one-common-K{K}-M{M}", meta={"K": K})
+
+
 def preset(name: str, num_last: int = 1, T: int = 128) -> SequenceClassSpec:
     """A preset by CLI name."""
     if name == "syn-small":
