@@ -206,7 +206,8 @@ def checks(traj, cfg: dict) -> dict:
                      rho >= TOL["spearman"], r))
 
     # the scan's time order: low-P distinct tokens' attention share peaks (then falls) first
-    to = float(np.nanmean(time_order(steps, traj.c, spec))) if len(steps) > 2 else float("nan")
+    tos = [v for v in time_order(steps, traj.c, spec) if v == v] if len(steps) > 2 else []
+    to = float(np.mean(tos)) if tos else float("nan")  # nan: no distinct token's share peaked before the end
     rows.append(_row("scan.time_order", "scan order in time: Spearman(P(l|n), step where c_l peaks) over distinct "
                      "tokens", to, "1", "reported", None, r))
 
