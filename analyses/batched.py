@@ -11,7 +11,8 @@ parameters ``[checkpoint, ...]`` with ONE model:
 - QK/OV singular values (``FactoredMatrix`` small SVDs), QK/OV eigenvalue scores, MLP condensation and relative
   change run batched over checkpoints and heads, in the dtype the recorder uses (float32), then float64;
 - probe patterns come from one vmapped forward (``torch.func.functional_call`` + ``torch.func.vmap``) of the
-  model over the stacked parameters; entropy, detection scores and key-token mass from the same functions;
+  model over the stacked parameters; entropy, detection scores and key-token mass from the same functions
+  (:mod:`sslens.metrics`, whose ``...``-leading shapes take the checkpoint dim);
 - composition scores (models with > 1 layer) run per checkpoint (``head_metrics.composition_scores``).
 
 Handled only for plain HookedTransformers rebuilt from a config (``Series.files``) whose parameter names are
@@ -28,9 +29,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import einops
 import torch
-from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -164,10 +163,6 @@ def patterns(model, params: dict[str, Tensor], tokens: Tensor) -> list[Tensor]:
         return list(vmap(forward)(params))
 
 
-def _fold(pat: Tensor) -> Tensor:
-    return einops.rearrange(pat, "c b h q k -> b (c h) q k")
-
-
 def chunk_size(param_bytes: int, n_layers: int, n_heads: int, probe_shape: tuple[int, int], chunk: int = CHUNK) -> int:
     """Checkpoints per batch: at most ``chunk``, within :data:`CHUNK_BYTES`.
 
@@ -255,13 +250,12 @@ class WeightMetrics:
                 for m, v in hm.rank_metrics(hm.factored_singular_values(A, B)[..., :k]).items():
                     self.head[f"{c}.{m}"][rows, l] = v
             # eigenvalues of W_E W_Q W_K^T W_E^T: those of W_K^T (W_E^T W_E) W_Q (d_head x d_head), as the recorder
-            self.head["qk_eig"][rows, l] = hm.eigenvalue_score(
-                torch.linalg.eigvals(W_K.transpose(-1, -2) @ G_E[:, None] @ W_Q))
+            self.head["qk_eig"][rows, l] = hm.qk_eig(G_E, W_Q, W_K)
             if square:  # W_E W_V W_O W_U: those of W_O (W_U W_E) W_V
-                self.head["ov_eig"][rows, l] = hm.eigenvalue_score(torch.linalg.eigvals(W_O @ M_UE[:, None] @ W_V))
+                self.head["ov_eig"][rows, l] = hm.ov_eig(M_UE, W_V, W_O)
             if has_mlp:
                 W_in = X[f"blocks.{l}.mlp.W_in"]
-                self.cond[rows, l] = condensation_index(W_in)
+                self.cond[rows, l] = hm.condensation_index(W_in.transpose(-2, -1))  # neurons: columns of W_in
                 for j, i in enumerate(rows.tolist()):
                     if i in (0, S - 1):
                         self.neurons.setdefault(l, {})[i] = W_in[j].T.to(torch.float64).clone()
@@ -489,12 +483,10 @@ def _analyze(series, probe, views, progress, seed, chunk, threads, job) -> Serie
         with torch.no_grad():
             pats = patterns(model, X, probe)
             for l in range(L):
-                C = len(rows)
-                folded = _fold(pats[l])
-                res.head["entropy"][rows, l] = hm.attention_entropy(folded).to(torch.float64).view(C, H)
-                res.key_mass[rows, l] = key_token_mass(pats[l], probe, vocab)
+                res.head["entropy"][rows, l] = hm.attention_entropy(pats[l]).to(torch.float64)
+                res.key_mass[rows, l] = hm.key_token_mass(pats[l], probe, vocab)
                 if rep is None:
-                    for name, v in detection_scores(pats[l], dets).items():
+                    for name, v in hm.detection_scores(pats[l], dets).items():
                         res.head[name][rows, l] = v
                 for j, i in enumerate(rows.tolist()):
                     if steps[i] in keep:
@@ -502,7 +494,7 @@ def _analyze(series, probe, views, progress, seed, chunk, threads, job) -> Serie
             if rep is not None:  # detection scores on the repeated-tokens probe (as the reference path)
                 rpats = patterns(model, X, rep)
                 for l in range(L):
-                    for name, v in detection_scores(rpats[l], rep_dets).items():
+                    for name, v in hm.detection_scores(rpats[l], rep_dets).items():
                         res.head[name][rows, l] = v
         if fut is not None:
             fut.result()
@@ -569,42 +561,3 @@ def _after_last_pattern(name: str, n_layers: int) -> bool:
     last = f"blocks.{n_layers - 1}."
     return name.startswith(("unembed.", "ln_final.", last + "mlp.", last + "ln2.")) or name in {
         last + "attn." + w for w in ("W_V", "_W_V", "b_V", "_b_V", "W_O", "b_O")}
-
-
-def detection_scores(pattern: Float[Tensor, "ckpt probe head q k"],
-                     dets: dict[str, Float[Tensor, "probe q k"]]) -> dict[str, Float[Tensor, "ckpt head"]]:
-    """:func:`sslens.analyses.head_metrics.detection_scores` batched over checkpoints.
-
-    Summed over the detection patterns' nonzero entries only (query positions without a target add no mass).
-    """
-    out = {}
-    for name, det in dets.items():
-        n = (det.sum(-1) > 0).sum()
-        b, q, k = det.nonzero(as_tuple=True)
-        mass = pattern.transpose(1, 2)[:, :, b, q, k].to(torch.float64) * det[b, q, k].to(torch.float64)  # [c, h, nnz]
-        out[name] = mass.sum(-1) / n if n > 0 else torch.full(mass.shape[:2], float("nan"), dtype=torch.float64)
-    return out
-
-
-def key_token_mass(pattern: Float[Tensor, "ckpt probe head q k"], tokens: Int[Tensor, "probe k"],
-                   vocab: Int[Tensor, " t"]) -> Float[Tensor, "ckpt head t"]:
-    """:func:`sslens.analyses.head_metrics.key_token_mass` batched over checkpoints."""
-    p = pattern.mean(3, dtype=torch.float64)  # [ckpt, probe, head, k]
-    idx = torch.searchsorted(vocab, tokens.to(vocab.dtype))
-    out = torch.zeros(*p.shape[:3], vocab.numel(), dtype=torch.float64)
-    out.scatter_add_(3, einops.repeat(idx, "b k -> c b h k", c=p.shape[0], h=p.shape[2]), p)
-    return out.mean(1)
-
-
-def condensation_index(W_in: Float[Tensor, "ckpt d_model d_mlp"]) -> Float[Tensor, " ckpt"]:
-    """:func:`sslens.analyses.head_metrics.condensation_index` batched over a leading dim ``[ckpt, d_model, d_mlp]``.
-
-    lambda_max of the neurons' cosine matrix Wn Wn^T equals that of the smaller Gram matrix Wn^T Wn (same nonzero
-    eigenvalues), so one d_model x d_model eigvalsh per checkpoint instead of d_mlp x d_mlp (float32 products:
-    relative error ~1e-7 against the float64 reference).
-    """
-    V = _f32(W_in.transpose(-2, -1))  # [ckpt, neuron, d_model]; the Gram product in float32, its eigvalsh in float64
-    Vn = V / V.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(V.dtype).tiny)
-    n, d = Vn.shape[-2:]
-    G = Vn.transpose(-2, -1) @ Vn if d <= n else Vn @ Vn.transpose(-2, -1)
-    return torch.linalg.eigvalsh(G.to(torch.float64))[..., -1] / n

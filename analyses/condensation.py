@@ -13,12 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-
-def cosine_matrix(W: Float[Tensor, "n d"]) -> Float[Tensor, "n n"]:
-    """cos(W_i, W_j) of the rows of W (a zero row gets cosine 0)."""
-    W = W.to(torch.float64)
-    Wn = W / W.norm(dim=1, keepdim=True).clamp_min(1e-300)
-    return Wn @ Wn.T
+from sslens.metrics import cosine_matrix  # noqa: F401 - the one definition (sslens.metrics)
 
 
 def principal_order(C: Float[Tensor, "n n"]) -> Tensor:

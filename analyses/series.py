@@ -11,8 +11,10 @@ cast to float64 (bf16/fp16 recordings included).
 
 Metrics per layer and head over steps (docs/theory.md §3 for the rank metrics):
 QK/OV effective rank, stable rank, top-1 energy; attention entropy; previous-token, duplicate-token and
-prefix-matching (induction) scores; QK/OV eigenvalue scores; attention mass by key token; Q/K/V
+induction (prefix-matching) scores; QK/OV eigenvalue scores; attention mass by key token; Q/K/V
 composition scores between heads of different layers; relative change per parameter; MLP condensation.
+Model-level series (``scalars``): the recorder's probe ``loss`` / ``loss_in_context`` and the user's logged scalars.
+Every per-head quantity is defined once in :mod:`sslens.metrics` (names there, shared with the recorder).
 """
 
 from __future__ import annotations
@@ -31,15 +33,11 @@ from sslens import compat
 from sslens.analyses import head_metrics as hm
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
-HEAD_METRICS = (
-    [f"{c}.{m}" for c in ("QK", "OV") for m in hm.RANK_METRICS]
-    + ["entropy", "prev_token", "duplicate_token", "prefix_matching", "qk_eig", "ov_eig"]
-)
+HEAD_METRICS = [f"{c}.{m}" for c in ("QK", "OV") for m in hm.RANK_METRICS] + list(hm.HEAD_SCORES)
 _WEIGHT = re.compile(r"^blocks\.\d+\.(attn\.W_[QKVO]|mlp\.W_(in|out|gate))$")
-DETECTIONS = ("prev_token", "duplicate_token", "prefix_matching")
-# the recorder's record-time scalars (hooks/recorder.py pattern_scores), used when no patterns are stored
-RECORDED_SCALARS = {"entropy": "entropy", "prev_token": "prev_token", "prefix_matching": "induction",
-                    "duplicate_token": "duplicate"}
+DETECTIONS = hm.DETECTIONS
+# the recorder's record-time scores (sslens.metrics.pattern_scores), used when no patterns are stored
+RECORDED_SCALARS = hm.PATTERN_SCORES
 
 
 @dataclass
@@ -51,6 +49,8 @@ class StateSource:
     states: Callable[[], Iterator[tuple[int, dict[str, Tensor]]]]
     notes: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    #: model-level series the source holds beside the states, ``{name: {step: value}}`` (``CircuitRecorder.log``)
+    logged: dict[str, dict[int, float]] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -71,7 +71,11 @@ def recording_source(path: str | Path) -> StateSource:
         for s in rec.steps:
             yield s, rec.at(s)
 
-    return StateSource(p.name, list(rec.steps), states)
+    logged: dict[str, dict[int, float]] = {}
+    for step, row in rec.logged().items():
+        for k, v in row.items():
+            logged.setdefault(k, {})[step] = v
+    return StateSource(p.name, list(rec.steps), states, logged=logged)
 
 
 def model_state(model, rec: dict[str, Tensor], first: dict[str, Tensor] | None,
@@ -80,7 +84,7 @@ def model_state(model, rec: dict[str, Tensor], first: dict[str, Tensor] | None,
 
     Factored attention weights, MLP weights, eigenvalue scores (token space), relative change per parameter against
     ``first`` (the first state's parameters) and detection scores on ``rep_probe`` (a repeated-random-tokens
-    probe, when the recorded probe is not one; keys ``detect.blocks.{l}.{prev_token,duplicate_token,prefix_matching}``).
+    probe, when the recorded probe is not one; keys ``detect.blocks.{l}.{previous_token,duplicate_token,induction}``).
     """
     from transformer_lens import FactoredMatrix
 
@@ -114,7 +118,7 @@ def model_state(model, rec: dict[str, Tensor], first: dict[str, Tensor] | None,
             pats = probe_patterns(model, rep_probe)
             dets = hm.detection_patterns(rep_probe)
             for l in range(cfg.n_layers):
-                for name, v in hm.detection_scores(pats[f"blocks.{l}.pattern"], rep_probe, dets).items():
+                for name, v in hm.detection_scores(pats[f"blocks.{l}.pattern"], dets).items():
                     out[f"detect.blocks.{l}.{name}"] = v
     return out
 
@@ -253,6 +257,7 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
     comp_rows: dict[str, list] = {}
     layer_rows: dict[str, list] = {}
     rel: dict[str, list] = {}
+    scalars: dict[str, list] = {}
     first_w: dict[str, Tensor] = {}
     it = tqdm(source.states(), total=S, disable=not progress, desc=f"analyze {source.name}", unit="step")
     for i, (step, st) in enumerate(it):
@@ -295,14 +300,14 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
                 res.head["entropy"][i, li] = hm.attention_entropy(pat).to(torch.float64)
                 if vocab is not None:
                     res.key_mass[i, li] = hm.key_token_mass(pat, st["probe.tokens"], vocab)
-                    for name, v in hm.detection_scores(pat, st["probe.tokens"], dets).items():
+                    for name, v in hm.detection_scores(pat, dets).items():
                         res.head[name][i, li] = v
                 if step in keep_steps:
                     res.patterns.setdefault(step, {})[l] = pat[0].float().clone()
             else:  # no patterns stored: the recorder's record-time scalars (docs/theory.md §3.3, §3.6)
-                for name, key in RECORDED_SCALARS.items():
-                    if f"scores.blocks.{l}.{key}" in st:
-                        res.head[name][i, li] = st[f"scores.blocks.{l}.{key}"].to(torch.float64)
+                for name in RECORDED_SCALARS:
+                    if f"scores.blocks.{l}.{name}" in st:
+                        res.head[name][i, li] = st[f"scores.blocks.{l}.{name}"].to(torch.float64)
                         res.meta["pattern_scores"] = "recorder scalars (no patterns stored)"
             for name in DETECTIONS:  # scores on a separate repeated-tokens probe take precedence
                 if f"detect.blocks.{l}.{name}" in st:
@@ -311,7 +316,7 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
             if f"blocks.{l}.mlp.W_in" in st:
                 W_in = st[f"blocks.{l}.mlp.W_in"]
                 rows = layer_rows.setdefault("mlp_condensation", [[float("nan")] * n_layers for _ in range(S)])
-                rows[i][li] = hm.condensation_index(W_in)
+                rows[i][li] = hm.condensation_index(W_in.transpose(-2, -1)).item()  # neurons: columns of W_in
                 if i == 0 or i == S - 1:
                     res.neurons.setdefault(l, {})[step] = W_in.T.to(torch.float64).clone()
             elif f"scores.blocks.{l}.mlp.W_in.cos_top1" in st:  # the recorder's scalar (mlp="scalars")
@@ -334,6 +339,9 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
                     recorded[k] = ((v.to(torch.float64) - w0).norm() / w0.norm().clamp_min(1e-300)).item()
         for k, v in recorded.items():
             rel.setdefault(k, [float("nan")] * S)[i] = v
+        for k, v in st.items():  # model-level scalars: the recorder's probe loss (scores.loss, ...)
+            if k.startswith("scores.") and "." not in k[len("scores."):] and v.dim() == 0:
+                scalars.setdefault(k[len("scores."):], [float("nan")] * S)[i] = float(v)
     if n_layers is None:
         from sslens.errors import SslensError
 
@@ -344,6 +352,11 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
     res.layer = {m: torch.tensor(v, dtype=torch.float64) for m, v in layer_rows.items()}
     res.rel_change = {k: t for k, v in rel.items()  # all-NaN: W_0 = 0 (e.g. zero-initialised biases)
                       if not torch.isnan(t := torch.tensor(v, dtype=torch.float64)).all()}
+    for k, row in source.logged.items():  # the user's scalars (CircuitRecorder.log) at recorded steps
+        for i, step in enumerate(steps):
+            if step in row:
+                scalars.setdefault(k, [float("nan")] * S)[i] = row[step]
+    res.scalars = {k: torch.tensor(v, dtype=torch.float64) for k, v in scalars.items()}
     res.views = views
     return res
 
@@ -363,7 +376,8 @@ class SeriesResult:
 
     ``head[metric]`` is ``[step, layer, head]``; ``composition[mode]`` is
     ``[step, layer, head, layer, head]`` (left head, right head); ``layer[metric]`` ``[step, layer]``;
-    ``rel_change[param]`` ``[step]``; ``key_mass`` ``[step, layer, head, token]`` over ``key_tokens``.
+    ``rel_change[param]`` ``[step]``; ``scalars[name]`` ``[step]`` (model level: ``loss``, ``loss_in_context``, logged);
+    ``key_mass`` ``[step, layer, head, token]`` over ``key_tokens``.
     Axis positions map to model indices through ``layer_ids`` / ``head_ids`` (a recorder with ``layers=`` /
     ``heads=`` records a subset); exports (``to_pandas``, ``to_json``, ``final``) use the model indices.
     """
@@ -378,6 +392,7 @@ class SeriesResult:
     composition: dict[str, Tensor] = field(default_factory=dict)
     layer: dict[str, Tensor] = field(default_factory=dict)
     rel_change: dict[str, Tensor] = field(default_factory=dict)
+    scalars: dict[str, Tensor] = field(default_factory=dict)
     key_tokens: list[int] = field(default_factory=list)
     key_mass: Tensor | None = None
     probe: Tensor | None = None
@@ -398,7 +413,7 @@ class SeriesResult:
         return self.head_ids[hi] if hi < len(self.head_ids) else hi
 
     def rows(self, key_mass_top: int = 5) -> Iterator[tuple[int, int, int, str, float]]:
-        """Tidy rows (step, layer, head, metric, value); layer/head -1 where the metric has none."""
+        """Tidy rows (step, layer, head, metric, value); layer/head None where the metric has none."""
         for m, v in self.head.items():
             if torch.isnan(v).all():
                 continue
@@ -417,11 +432,15 @@ class SeriesResult:
         for m, v in self.layer.items():
             for i, s in enumerate(self.steps):
                 for l in range(self.n_layers):
-                    yield s, self._L(l), -1, m, float(v[i, l])
+                    yield s, self._L(l), None, m, float(v[i, l])
         for k, v in self.rel_change.items():
             mm = _BLOCK.match(k)
             for i, s in enumerate(self.steps):
-                yield s, int(mm.group(1)) if mm else -1, -1, f"rel_change.{_BLOCK.sub('', k)}", float(v[i])
+                yield s, int(mm.group(1)) if mm else None, None, f"rel_change.{_BLOCK.sub('', k)}", float(v[i])
+        for k, v in self.scalars.items():
+            for i, s in enumerate(self.steps):
+                if not math.isnan(float(v[i])):
+                    yield s, None, None, k, float(v[i])
         if self.key_mass is not None and key_mass_top:
             for t in self.top_key_tokens(key_mass_top):
                 j = self.key_tokens.index(t)
@@ -438,10 +457,14 @@ class SeriesResult:
         return [self.key_tokens[j] for j in torch.topk(tot, min(k, tot.numel())).indices.tolist()]
 
     def to_pandas(self, key_mass_top: int = 5):
-        """Tidy DataFrame: columns step, layer, head, metric, value."""
+        """Tidy DataFrame: columns step, layer, head, metric, value (layer/head empty where a metric has none).
+
+        The metric names and values of :meth:`sslens.hooks.Recording.to_pandas` for the same (step, layer, head).
+        """
         import pandas as pd
 
-        return pd.DataFrame(list(self.rows(key_mass_top)), columns=["step", "layer", "head", "metric", "value"])
+        df = pd.DataFrame(list(self.rows(key_mass_top)), columns=["step", "layer", "head", "metric", "value"])
+        return df.astype({"layer": "Int64", "head": "Int64"})
 
     def to_json(self) -> dict:
         """Plain JSON-able dict (NaN -> None)."""
@@ -462,6 +485,7 @@ class SeriesResult:
             "composition": {m: listed(v) for m, v in self.composition.items()},
             "layer": {m: listed(v) for m, v in self.layer.items()},
             "rel_change": {k: listed(v) for k, v in self.rel_change.items()},
+            "scalars": {k: listed(v) for k, v in self.scalars.items()},
             "key_mass_top": {str(t): listed(self.key_mass[:, :, :, self.key_tokens.index(t)])
                              for t in self.top_key_tokens()},
         }

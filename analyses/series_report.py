@@ -59,7 +59,7 @@ def plot(res, what: str = "rank", metrics: Sequence[str] | None = None, step: in
     if what == "attention":
         return _grid(res, metrics or ["entropy"], f"{res.name}: attention entropy on the probe (nats)")
     if what == "scores":
-        return _grid(res, metrics or ["prev_token", "prefix_matching", "qk_eig", "ov_eig"],
+        return _grid(res, metrics or ["previous_token", "induction", "qk_eig", "ov_eig"],
                      f"{res.name}: previous-token / prefix-matching scores and QK / OV eigenvalue scores")
     if what == "composition":
         fig = Figure(figsize=(3.2 * max(len(res.composition), 1), 2.6))

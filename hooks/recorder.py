@@ -13,7 +13,8 @@ ones, records for the selected layers ``l`` and heads (``layers=``, ``heads=``; 
     blocks.{l}.pattern            [probe, head, q, k]   hook_pattern on the probe batch
     probe.tokens, probe.target, probe.period            the probe (period: default repeated-random probe)
     scores.blocks.{l}.qk_eig/ov_eig [head]   eigenvalue positivity of the token-space circuits
-    scores.blocks.{l}.entropy/prev_token/induction/duplicate [head]   probe-pattern scalars
+    scores.blocks.{l}.entropy/previous_token/duplicate_token/induction [head]   probe-pattern scores
+    scores.loss, scores.loss_in_context                 next-token loss on the probe (language models)
     scores.rel_change.{param}, scores.delta.{param}    ||W_t - W_0||_F / ||W_0||_F and ||W_t - W_0||_F
     meta.heads                    [head]   the recorded head indices
 
@@ -50,14 +51,16 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformer_lens import FactoredMatrix
 
 from sslens import compat, recording_claim
+from sslens import metrics as M
 from sslens.compat import HookedModel as HookedTransformer  # the installed line's model class
 from sslens.errors import SslensError, require
 from sslens.lock import RunLock, run_lock
 from sslens.recording_claim import MODES, model_identity
 from sslens.schedule import log_schedule
-from sslens.store import RunStore, step_file
+from sslens.store import RunStore, atomic_write_json, step_file
 
 FORMAT = 2  # 1: dense QK/OV per step; 2: factored weights + spectra + scores
+LOG_FILE = "recordings/scalars.json"  # rec.log(step, **scalars): {step: {name: value}}
 MLP_WEIGHTS_MAX = 2**20  # mlp=True stores W_in/W_out when d_model * d_mlp <= this, else condensation scalars
 PROBE_SEQS, PROBE_PERIOD, PROBE_SEED = 4, 32, 0
 
@@ -81,8 +84,11 @@ def circuits(model: HookedTransformer, token_space: bool = True) -> dict[str, Te
 
 
 def probe_patterns(model: HookedTransformer, tokens: Int[Tensor, "probe pos"],
-                   layers: Sequence[int] | None = None) -> dict[str, Tensor]:
-    """Attention patterns ``[probe, head, q, k]`` of the given layers (default all) from ``hook_pattern``."""
+                   layers: Sequence[int] | None = None, logits: bool = False) -> dict[str, Tensor]:
+    """Attention patterns ``[probe, head, q, k]`` of the given layers (default all) from ``hook_pattern``.
+
+    ``logits=True``: the whole forward runs and its logits are returned too (key ``logits``).
+    """
     got: dict[str, Tensor] = {}
     layers = range(model.cfg.n_layers) if layers is None else layers
 
@@ -91,16 +97,15 @@ def probe_patterns(model: HookedTransformer, tokens: Int[Tensor, "probe pos"],
 
     names = [f"blocks.{l}.attn.hook_pattern" for l in layers]
     last = max(layers) + 1 if len(layers) else 0
-    stop = last if last < model.cfg.n_layers else None
-    model.run_with_hooks(tokens.to(model.cfg.device), return_type=None, stop_at_layer=stop,
-                         fwd_hooks=[(n, grab) for n in names])
-    return {f"blocks.{l}.pattern": got[n] for l, n in zip(layers, names)}
+    stop = last if last < model.cfg.n_layers and not logits else None
+    out = model.run_with_hooks(tokens.to(model.cfg.device), return_type="logits" if logits else None,
+                               stop_at_layer=stop, fwd_hooks=[(n, grab) for n in names])
+    pats = {f"blocks.{l}.pattern": got[n] for l, n in zip(layers, names)}
+    return {**pats, "logits": out.detach()} if logits else pats
 
 
 # ----- pieces of a recording -----------------------------------------------------------------------------
-def _expand_kv(W: Tensor, n_heads: int) -> Tensor:
-    """Key/value heads -> query heads (grouped-query attention; TL's own ``repeat_interleave`` order)."""
-    return W if W.shape[0] == n_heads else torch.repeat_interleave(W, n_heads // W.shape[0], dim=0)
+_expand_kv = M.repeat_kv  # key/value heads -> query heads (grouped-query attention, TL's order)
 
 
 def default_probe(cfg, n_seqs: int = PROBE_SEQS, period: int = PROBE_PERIOD, seed: int = PROBE_SEED) -> tuple[Tensor, int]:
@@ -114,35 +119,6 @@ def default_probe(cfg, n_seqs: int = PROBE_SEQS, period: int = PROBE_PERIOD, see
     return torch.cat([half, half], dim=1), period
 
 
-def pattern_scores(pattern: Float[Tensor, "probe head q k"], period: int | None) -> dict[str, Tensor]:
-    """Per-head scalars of a probe pattern, means over probe sequences and queries q >= 1.
-
-    ``entropy`` (nats), and on a probe repeated with ``period`` p (second half q >= p): ``prev_token`` = A[q, q-1]
-    (all q >= 1), ``induction`` = A[q, q-p+1] (the token after the earlier copy: prefix matching, Olsson et al.
-    2022) and ``duplicate`` = A[q, q-p].
-    """
-    A = pattern.detach().float()
-    P = A.shape[-1]
-    ent = -(A * torch.log(A.clamp_min(1e-30))).sum(-1)  # [probe, head, q]
-    out = {"entropy": ent[..., 1:].mean(dim=(0, 2))}
-    if period is not None and 2 * period <= P and period >= 1:
-        q = torch.arange(1, P)
-        out["prev_token"] = A[..., q, q - 1].mean(dim=(0, 2))
-        q2 = torch.arange(period, P)
-        out["induction"] = A[..., q2, q2 - period + 1].mean(dim=(0, 2))
-        out["duplicate"] = A[..., q2, q2 - period].mean(dim=(0, 2))
-    return out
-
-
-def eig_positivity(M: FactoredMatrix) -> Float[Tensor, "..."]:
-    """sum(lambda) / sum|lambda| over the eigenvalues of a square (factored) circuit.
-
-    +1 for a pure copying circuit (Elhage et al. 2021 "A Mathematical Framework", eigenvalue analysis; TransformerLens Main Demo).
-    """
-    lam = M.eigenvalues.to(torch.complex128)
-    return (lam.sum(-1).real / lam.abs().sum(-1).clamp_min(1e-300)).float()
-
-
 def condensation_scalars(W: Float[Tensor, "neuron d"]) -> dict[str, Tensor]:
     """Condensation scalars of neuron vectors (rows of W).
 
@@ -150,12 +126,9 @@ def condensation_scalars(W: Float[Tensor, "neuron d"]) -> dict[str, Tensor]:
     (1 when all neuron vectors are parallel or antiparallel: full condensation, docs/theory.md §2.2, Part 3).
     """
     W = W.detach().to(torch.float64)
-    n = W.shape[0]
-    Wn = W / W.norm(dim=1, keepdim=True).clamp_min(1e-300)
-    small = (lambda X: X.T @ X) if W.shape[1] <= n else (lambda X: X @ X.T)  # the smaller Gram matrix
+    small = (lambda X: X.T @ X) if W.shape[1] <= W.shape[0] else (lambda X: X @ X.T)  # the smaller Gram matrix
     sv = torch.linalg.eigvalsh(small(W)).clamp_min(0).sqrt().flip(0)
-    top = torch.linalg.eigvalsh(small(Wn))[-1] / n
-    return {"sv": sv.float(), "cos_top1": top.float()}
+    return {"sv": sv.float(), "cos_top1": M.condensation_index(W).float()}
 
 
 def _factored_parts(a, heads: Tensor) -> dict[str, Tensor]:
@@ -208,10 +181,15 @@ class CircuitRecorder:
             ``"weights"`` / ``"scalars"``.
         reference: weights W_0 for ``scores.rel_change`` (name -> tensor). Default: the trainable parameters at
             ``attach`` (a CPU copy). A recorder never attached and given no reference records no rel_change.
+        loss: record the next-token loss on the probe at each recorded step (``scores.loss``; on the default
+            repeated-tokens probe also ``scores.loss_in_context``, the loss on the repeated half). Default: for
+            language models (no ``probe_target``, not one of sslens's task models, whose loss is the task's).
         verbose: print the estimated bytes per recorded step at attach.
         mode: a store that already holds recordings: ``"new"`` (default) refuses it, ``"resume"`` continues its
             run (same model; recordings after ``start_step`` are dropped), ``"overwrite"`` deletes them first
             (``sslens.recording_claim``).
+
+    ``rec.log(step, **scalars)`` adds the user's own scalars (``Recording.to_pandas()`` rows with layer/head empty).
     """
 
     def __init__(
@@ -234,6 +212,7 @@ class CircuitRecorder:
         mlp: bool | str = False,
         probe_period: int | None = None,
         reference: dict[str, Tensor] | None = None,
+        loss: bool | None = None,
         verbose: bool = True,
         mode: str = "new",
     ):
@@ -258,6 +237,11 @@ class CircuitRecorder:
         self.probe_tokens = probe_tokens
         self.probe_target = probe_target
         self.probe_period = probe_period
+        self._dets = M.detection_patterns(probe_tokens)
+        if loss is None:
+            loss = probe_target is None and not hasattr(model, "sslens_config")
+        self.loss = bool(loss)
+        self.logged: dict[int, dict[str, float]] = {}
         self.step = start_step
         if token_space is None:
             token_space = (getattr(model, "sslens_config", {}).get("kind") == "scan_snap" and token_subset is None
@@ -318,20 +302,22 @@ class CircuitRecorder:
             rec[f"blocks.{l}.QK.sv"] = _or_nan(lambda: FactoredMatrix(W_Q, W_K.transpose(-1, -2)).S[..., :k], (H, k), W_Q, W_K)
             rec[f"blocks.{l}.OV.sv"] = _or_nan(lambda: FactoredMatrix(W_V, W_O).S[..., :k], (H, k), W_V, W_O)
             # eigenvalues of W_E W_Q W_K^T W_E^T = those of the d_head x d_head matrix W_K^T (W_E^T W_E) W_Q
-            rec[f"scores.blocks.{l}.qk_eig"] = _or_nan(
-                lambda: eig_positivity(FactoredMatrix(W_Q, W_K.transpose(-1, -2) @ G_E)), (H,), W_Q, W_K, G_E)
+            rec[f"scores.blocks.{l}.qk_eig"] = _or_nan(lambda: M.qk_eig(G_E, W_Q, W_K), (H,), W_Q, W_K, G_E)
             if square:  # W_E W_V W_O W_U: same nonzero eigenvalues as W_O (W_U W_E) W_V
                 rec[f"scores.blocks.{l}.ov_eig"] = _or_nan(
-                    lambda: eig_positivity(FactoredMatrix(W_V, W_O @ M_UE)), (H,), W_V, W_O, M_UE)
+                    lambda: M.ov_eig(M_UE, W_V, W_O), (H,), W_V, W_O, M_UE)
             if self.token_space or self.token_subset is not None:
                 rec.update(self._token_space(l, W_Q, W_K, W_V, W_O, compat.attn_scale(model, l)))
             if self.mlp is not None:
                 rec.update(self._mlp(l))
         if self.probe_tokens is not None:
-            pats = probe_patterns(model, self.probe_tokens, self.layers)
+            pats = probe_patterns(model, self.probe_tokens, self.layers, logits=self.loss)
+            if self.loss:
+                for name, v in M.next_token_loss(pats["logits"], self.probe_tokens, self.probe_period).items():
+                    rec[f"scores.{name}"] = v
             for l in self.layers:
                 p = pats[f"blocks.{l}.pattern"][:, self._head_idx.to(pats[f"blocks.{l}.pattern"].device)]
-                for name, v in pattern_scores(p, self.probe_period).items():
+                for name, v in M.pattern_scores(p, self._dets).items():
                     rec[f"scores.blocks.{l}.{name}"] = v
                 if self.patterns:
                     rec[f"blocks.{l}.pattern"] = p
@@ -401,6 +387,22 @@ class CircuitRecorder:
             self.records[step] = rec
         return rec
 
+    def log(self, step: int | None = None, **scalars: float) -> None:
+        """Record the user's own scalars at ``step`` (default the current step), e.g. ``rec.log(step, train_loss=l)``.
+
+        Kept in ``self.logged`` and, with a store, written (atomically) to ``recordings/scalars.json``;
+        ``Recording.to_pandas()`` gives them as rows with layer and head empty.
+        """
+        step = self.step if step is None else int(step)
+        row = self.logged.setdefault(step, {})
+        for k, v in scalars.items():
+            require(isinstance(k, str) and re.fullmatch(r"[A-Za-z_][\w.]*", k) is not None, "log", f"name {k!r}",
+                    "identifiers (letters, digits, _ and .)")
+            row[k] = float(v.item() if isinstance(v, Tensor) else v)
+        if self.store is not None:
+            self.store.path.joinpath("recordings").mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.store.path / LOG_FILE, {str(k): v for k, v in sorted(self.logged.items())})
+
     def _after_step(self, optimizer, args, kwargs) -> None:
         self.step += 1
         if self.scheduled(self.step):
@@ -436,8 +438,9 @@ class CircuitRecorder:
                 per_layer += sum(4 * (min(W.shape) + 1) for W in mats)
         total = 8 * H + per_layer * len(self.layers)
         n_probe, pos = self.probe_tokens.shape
-        n_scores = 1 + 3 * (self.probe_period is not None and 2 * self.probe_period <= pos)
-        total += len(self.layers) * H * 4 * n_scores + _nbytes(self.probe_tokens)
+        total += len(self.layers) * H * 4 * len(M.PATTERN_SCORES) + _nbytes(self.probe_tokens)
+        if self.loss:  # scores.loss (and loss_in_context on a repeated probe)
+            total += 4 * (1 + (self.probe_period is not None and 2 * self.probe_period <= pos))
         if self.patterns:
             total += len(self.layers) * n_probe * H * pos * pos * e
         if self.probe_target is not None:
@@ -478,6 +481,14 @@ class CircuitRecorder:
                 self._lock.release()
                 self._lock = None
                 raise
+            log = self.store.path / LOG_FILE
+            if log.is_file() and self.mode == "resume":  # the run's earlier scalars (CircuitRecorder.log)
+                import json
+
+                old = {int(k): v for k, v in json.loads(log.read_text()).items()}
+                self.logged = {**{k: v for k, v in old.items() if k <= self.step}, **self.logged}
+            elif log.is_file():
+                log.unlink()
         if self.reference is None:
             self.reference = {n: p.detach().to("cpu", copy=True) for n, p in compat.leaves(self.model).items()
                               if p.requires_grad}
@@ -532,6 +543,13 @@ class CircuitRecorder:
 
 # ----- reading back -----------------------------------------------------------------------------------
 _CIRCUIT = re.compile(r"^blocks\.(\d+)\.(QK|OV)$")
+_OLD_SCORE = re.compile(r"^(scores\.blocks\.\d+\.)(" + "|".join(M.OLD_NAMES) + r")$")
+
+
+def _new_name(key: str) -> str:
+    """A stored key in today's names (recordings written before the metrics module: ``prev_token`` ...)."""
+    m = _OLD_SCORE.match(key)
+    return m.group(1) + M.OLD_NAMES[m.group(2)] if m else key
 _LAYER = re.compile(r"blocks\.(\d+)\.")
 
 
@@ -553,6 +571,7 @@ class Recording:
             self.store = RunStore(store) if isinstance(store, (str, Path)) else store
             self._mem = None
         self._keys: list[str] | None = None
+        self._file_key: dict[str, str] = {}  # today's name -> the name stored in the file, where they differ
 
     @property
     def steps(self) -> list[int]:
@@ -568,7 +587,8 @@ class Recording:
     def at(self, step: int) -> dict[str, Tensor]:
         """Every stored tensor of one step."""
         self._check_step(step)
-        return self._mem[step] if self._mem is not None else self.store.load_recording(step)
+        got = self._mem[step] if self._mem is not None else self.store.load_recording(step)
+        return {_new_name(k): v for k, v in got.items()}
 
     def _stored_keys(self) -> list[str]:
         if self._keys is None:
@@ -582,6 +602,8 @@ class Recording:
 
                 with safe_open(str(self._path(steps[0])), framework="pt") as f:
                     self._keys = sorted(f.keys())
+            self._file_key = {_new_name(k): k for k in self._keys if _new_name(k) != k}
+            self._keys = sorted(_new_name(k) for k in self._keys)
         return self._keys
 
     def keys(self) -> list[str]:
@@ -597,6 +619,8 @@ class Recording:
         return sorted(ks)
 
     def _tensor(self, step: int, name: str) -> Tensor:
+        self._stored_keys()
+        name = self._file_key.get(name, name)
         if self._mem is not None:
             return self._mem[step][name]
         from safetensors import safe_open
@@ -606,12 +630,24 @@ class Recording:
 
     def _tensors(self, step: int, names: list[str]) -> dict[str, Tensor]:
         """Several tensors of one step, the file opened once."""
+        self._stored_keys()
+        fk = self._file_key
         if self._mem is not None:
-            return {n: self._mem[step][n] for n in names}
+            return {n: self._mem[step][fk.get(n, n)] for n in names}
         from safetensors import safe_open
 
         with safe_open(str(self._path(step)), framework="pt") as f:
-            return {n: f.get_tensor(n) for n in names}
+            return {n: f.get_tensor(fk.get(n, n)) for n in names}
+
+    def logged(self) -> dict[int, dict[str, float]]:
+        """The user's scalars (``CircuitRecorder.log``): ``{step: {name: value}}``."""
+        if isinstance(self._source, CircuitRecorder):
+            return self._source.logged
+        if self.store is not None and (self.store.path / LOG_FILE).is_file():
+            import json
+
+            return {int(k): v for k, v in json.loads((self.store.path / LOG_FILE).read_text()).items()}
+        return {}
 
     def _bad_key(self, name: str) -> SslensError:
         return SslensError("key", f"no {name!r} in this recording", ", ".join(self.keys()) or "none (no steps)")
@@ -688,13 +724,16 @@ class Recording:
     def to_pandas(self):
         """Tidy DataFrame (step, layer, head, metric, value) of the scalar per-head quantities.
 
-        Top-1 singular value of QK and OV (``QK.sv1``, ``OV.sv1``), every ``scores.blocks.{l}.*`` per head, MLP condensation
-        scalars (head empty) and ``rel_change.{param}`` (layer from the name, head empty).
+        Top-1 singular value of QK and OV (``QK.sv1``, ``OV.sv1``), every ``scores.blocks.{l}.*`` per head (metric
+        names of :mod:`sslens.metrics`, as the analysis' ``to_pandas``), MLP condensation scalars (head empty),
+        ``rel_change.{param}`` (layer from the name, head empty), and with layer and head empty: ``loss`` and
+        ``loss_in_context`` (the probe loss) and the user's scalars (``CircuitRecorder.log``).
         """
         import pandas as pd
 
         wanted = [k for k in self._stored_keys() if k == "meta.heads" or re.match(r"^blocks\.\d+\.(QK|OV)\.sv$", k)
-                  or k.startswith("scores.blocks.") or k.startswith("scores.rel_change.")]
+                  or k.startswith("scores.blocks.") or k.startswith("scores.rel_change.")
+                  or re.match(r"^scores\.[^.]+$", k)]
         rows = []
         for s in self.steps:
             t = self._tensors(s, wanted)
@@ -703,7 +742,10 @@ class Recording:
                 m = re.match(r"^blocks\.(\d+)\.(QK|OV)\.sv$", k)
                 sc = re.match(r"^scores\.blocks\.(\d+)\.(.+)$", k)
                 rc = re.match(r"^scores\.rel_change\.(.+)$", k)
-                if m:
+                top = re.match(r"^scores\.([^.]+)$", k)
+                if top:
+                    layer, metric, vals = None, top.group(1), v
+                elif m:
                     layer, metric, vals = int(m.group(1)), f"{m.group(2)}.sv1", v[:, 0]
                 elif sc and v.dim() == 1 and not sc.group(2).endswith(".sv"):
                     layer, metric, vals = int(sc.group(1)), sc.group(2), v
@@ -721,9 +763,10 @@ class Recording:
                 else:
                     for i, x in enumerate(vals.tolist()):
                         rows.append((s, layer, heads[i] if heads else i, metric, float(x)))
+        rows += [(s, None, None, k, float(v)) for s, row in sorted(self.logged().items()) for k, v in row.items()]
         df = pd.DataFrame(rows, columns=["step", "layer", "head", "metric", "value"])
         return df.astype({"layer": "Int64", "head": "Int64"})
 
 
-__all__ = ["CircuitRecorder", "Recording", "circuits", "probe_patterns", "default_probe", "pattern_scores",
-           "eig_positivity", "condensation_scalars", "log_schedule"]
+__all__ = ["CircuitRecorder", "Recording", "circuits", "probe_patterns", "default_probe", "condensation_scalars",
+           "log_schedule"]

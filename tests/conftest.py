@@ -5,7 +5,7 @@ import warnings
 # jaxtyping shapes is checked by beartype while the tests run. Installed before anything imports them.
 from jaxtyping import install_import_hook
 
-install_import_hook(["sslens.theory", "sslens.analyses"], "sslens_typecheck.typechecker")
+install_import_hook(["sslens.theory", "sslens.analyses", "sslens.metrics"], "sslens_typecheck.typechecker")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -94,7 +94,7 @@ def test_a_given_probe_and_a_diverged_checkpoint(tmp_path):
     fast = batched.analyze_stacked(s, probe=probe, progress=False, threads=1)
     ref = analyze_series(s, probe=probe, progress=False, batched=False)
     assert torch.isnan(fast.head["entropy"][3]).all() and torch.isnan(fast.head["QK.stable_rank"][3]).all()
-    assert not torch.isnan(fast.head["prefix_matching"][4]).any()
+    assert not torch.isnan(fast.head["induction"][4]).any()
     assert [n for n in fast.notes if n.startswith("step 3: non-finite values in blocks.1.attn.W_Q")]
     fast.notes = [n for n in fast.notes if not n.startswith("step 3")]  # the reference names recorder keys
     ref.notes = [n for n in ref.notes if not n.startswith("step 3")]
@@ -102,13 +102,15 @@ def test_a_given_probe_and_a_diverged_checkpoint(tmp_path):
 
 
 def test_condensation_index_from_the_small_gram_matrix():
-    W_in = torch.randn(3, 8, 20)
-    from sslens.analyses.head_metrics import condensation_index
+    from sslens.metrics import condensation_index
 
-    got = batched.condensation_index(W_in)
-    assert got.tolist() == pytest.approx([condensation_index(W) for W in W_in], rel=1e-6)
-    parallel = torch.randn(8, 1) * torch.randn(1, 20).sign()  # every neuron on one line: index 1
-    assert batched.condensation_index(parallel[None]).item() == pytest.approx(1.0, rel=1e-6)
+    V = torch.randn(3, 20, 8, dtype=torch.float64)  # [ckpt, neuron, d]: the small Gram matrix is 8 x 8
+    Vn = V / V.norm(dim=-1, keepdim=True)
+    want = [torch.linalg.eigvalsh(v @ v.T)[-1].item() / 20 for v in Vn]  # the n x n cosine matrix
+    assert condensation_index(V).tolist() == pytest.approx(want, rel=1e-10)
+    assert condensation_index(V[0]).item() == pytest.approx(want[0], rel=1e-10)
+    parallel = torch.randn(20, 1) * torch.randn(1, 8).sign()  # every neuron on one line: index 1
+    assert condensation_index(parallel[None]).item() == pytest.approx(1.0, rel=1e-6)
 
 
 def test_analyze_series_dispatches_to_the_batched_path_and_errors_stay_one_line(tmp_path, capsys):

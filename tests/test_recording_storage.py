@@ -14,7 +14,8 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sslens.errors import SslensError
 from sslens.hooks import CircuitRecorder, Recording
-from sslens.hooks.recorder import condensation_scalars, pattern_scores
+from sslens.hooks.recorder import condensation_scalars
+from sslens.metrics import detection_patterns, pattern_scores
 from sslens.store import RunStore
 
 
@@ -87,12 +88,27 @@ def test_default_probe_and_pattern_scores():
     for l in range(2):
         A = cache["pattern", l]
         assert torch.allclose(r[f"blocks.{l}.pattern"], A, atol=1e-6)
-        ind = torch.stack([A[:, :, q, q - p + 1] for q in range(p, 2 * p)]).mean(dim=(0, 1))
-        prev = torch.stack([A[:, :, q, q - 1] for q in range(1, 2 * p)]).mean(dim=(0, 1))
-        ent = torch.stack([-(A[:, :, q, : q + 1] * A[:, :, q, : q + 1].log()).sum(-1) for q in range(1, 2 * p)])
-        assert torch.allclose(r[f"scores.blocks.{l}.induction"], ind, atol=1e-6)
-        assert torch.allclose(r[f"scores.blocks.{l}.prev_token"], prev, atol=1e-6)
+        # independent loops: targets of TransformerLens's head_detector patterns, averaged over (probe, query)
+        # positions with a target; induction: the token after an earlier occurrence of the current token
+        ind, dup, prev = [], [], []
+        for b in range(toks.shape[0]):
+            t = toks[b].tolist()
+            for q in range(2 * p):
+                earlier = [k for k in range(q) if t[k] == t[q]]
+                if earlier:
+                    dup.append(sum(A[b, :, q, k] for k in earlier))
+                    ind.append(sum(A[b, :, q, k + 1] for k in earlier))
+                if q >= 1:
+                    prev.append(A[b, :, q, q - 1])
+        assert torch.allclose(r[f"scores.blocks.{l}.induction"], torch.stack(ind).mean(0), atol=1e-6)
+        assert torch.allclose(r[f"scores.blocks.{l}.duplicate_token"], torch.stack(dup).mean(0), atol=1e-6)
+        assert torch.allclose(r[f"scores.blocks.{l}.previous_token"], torch.stack(prev).mean(0), atol=1e-6)
+        ent = torch.stack([-(A[:, :, q, : q + 1] * A[:, :, q, : q + 1].log()).sum(-1) for q in range(2 * p)])
         assert torch.allclose(r[f"scores.blocks.{l}.entropy"], ent.mean(dim=(0, 1)), atol=1e-5)
+    # the probe loss: TransformerLens's own loss, and on the repeated half (predictions of tokens p+1 .. 2p-1)
+    per_tok = model(toks, return_type="loss", loss_per_token=True)  # [probe, pos - 1]
+    assert float(r["scores.loss"]) == pytest.approx(per_tok.mean().item(), rel=1e-5)
+    assert float(r["scores.loss_in_context"]) == pytest.approx(per_tok[:, p: 2 * p - 1].mean().item(), rel=1e-5)
 
 
 def test_pattern_scores_known_answers():
@@ -101,10 +117,12 @@ def test_pattern_scores_known_answers():
     for q in range(P):
         ind[0, 0, q, q - p + 1 if q >= p else 0] = 1.0
         ind[0, 1, q, : q + 1] = 1.0 / (q + 1)
-    s = pattern_scores(ind, p)
-    assert s["induction"][0] == 1.0 and s["duplicate"][0] == 0.0 and s["entropy"][0] == 0.0
-    assert torch.isclose(s["entropy"][1], torch.log(torch.arange(2, P + 1).float()).mean())
-    assert torch.isclose(s["prev_token"][1], (1.0 / torch.arange(2, P + 1).float()).mean())
+    toks = torch.cat([torch.arange(p), torch.arange(p)])[None]  # p distinct tokens, repeated
+    s = pattern_scores(ind, detection_patterns(toks))
+    assert s["induction"][0] == 1.0 and s["duplicate_token"][0] == 0.0 and s["entropy"][0] == 0.0
+    assert torch.isclose(s["entropy"][1], torch.log(torch.arange(1, P + 1).double()).mean())  # all queries
+    assert torch.isclose(s["previous_token"][1], (1.0 / torch.arange(2, P + 1).double()).mean())
+    assert torch.isclose(s["duplicate_token"][1], (1.0 / torch.arange(p + 1, P + 1).double()).mean())
 
 
 def test_selection_spectra_only_mlp_and_estimated_bytes(tmp_path, capfd):

@@ -14,6 +14,7 @@ from sslens.checkpoints import load_probe, open_series, save_config
 from sslens.cli import main
 from sslens.hooks import CircuitRecorder
 from sslens.hooks.recorder import Recording
+from sslens.metrics import detection_patterns, pattern_scores
 
 CONFIGS = {
     "ln_mlp": dict(n_layers=2, d_model=16, d_head=4, n_heads=2, d_mlp=32, d_vocab=40, n_ctx=12, act_fn="gelu",
@@ -100,7 +101,7 @@ def test_checkpoint_series_gives_the_same_numbers(trained, tmp_path):
     r = analyze_recording(run, progress=False)
     tol = dict(rel=3e-2, abs=3e-2) if model.cfg.dtype == torch.bfloat16 else dict(rel=1e-5, abs=1e-6)
     assert c["steps"] == [3]
-    for metric in ("QK.effective_rank", "OV.stable_rank", "entropy", "prefix_matching"):
+    for metric in ("QK.effective_rank", "OV.stable_rank", "entropy", "induction"):
         assert torch.tensor(c["head"][metric][-1]) == pytest.approx(r.head[metric][-1].float(), **tol), metric
     for mode in "QKV":
         assert torch.tensor(c["composition"][mode][-1]) == pytest.approx(r.composition[mode][-1].float(), **tol)
@@ -146,16 +147,16 @@ def test_known_previous_token_and_induction_heads(tmp_path):
     CircuitRecorder(m, store=tmp_path / "run", schedule=[], probe_tokens=probe).record(0)
     assert main(["analyze", str(tmp_path / "run"), "--quiet"]) == 0
     h = json.loads((tmp_path / "run" / "metrics.json").read_text())["series"][0]["head"]
-    assert h["prev_token"][0][0][0] == pytest.approx(1.0, abs=1e-6)
-    assert h["prefix_matching"][0][1][0] == pytest.approx(1.0, abs=1e-6)
-    assert h["prev_token"][0][0][1] < 0.5 and h["prefix_matching"][0][1][1] < 0.5  # zero heads: uniform attention
-    assert h["prefix_matching"][0][0][0] < 0.2 and h["prev_token"][0][1][0] < 0.5
+    assert h["previous_token"][0][0][0] == pytest.approx(1.0, abs=1e-6)
+    assert h["induction"][0][1][0] == pytest.approx(1.0, abs=1e-6)
+    assert h["previous_token"][0][0][1] < 0.5 and h["induction"][0][1][1] < 0.5  # zero heads: uniform attention
+    assert h["induction"][0][0][0] < 0.2 and h["previous_token"][0][1][0] < 0.5
     # same answer from a checkpoint series with the default repeated-random-tokens probe
     save_config(m, tmp_path / "ck")
     torch.save(m.state_dict(), tmp_path / "ck" / "step_0.pt")
     r = analyze_series(open_series(str(tmp_path / "ck")), progress=False)
-    assert r.head["prev_token"][0, 0, 0].item() == pytest.approx(1.0, abs=1e-6)
-    assert r.head["prefix_matching"][0, 1, 0].item() == pytest.approx(1.0, abs=1e-6)
+    assert r.head["previous_token"][0, 0, 0].item() == pytest.approx(1.0, abs=1e-6)
+    assert r.head["induction"][0, 1, 0].item() == pytest.approx(1.0, abs=1e-6)
     # K-composition: the induction head reads the previous-token head's output through its keys, and only it
     K = torch.nan_to_num(r.composition["K"][0])  # a zero head's score is 0/0
     assert K[0, 0, 1, 0] > 0.3 and K[0, 0, 1, 0] == K.max()
@@ -211,7 +212,7 @@ def test_a_subset_recording_keeps_model_layer_and_head_indices(tmp_path):
     CircuitRecorder(model, store=tmp_path / "run", layers=[1], heads=[1], schedule=[], verbose=False).record(0)
     assert main(["analyze", str(tmp_path / "run"), "--quiet", "--layers", "1", "--heads", "1"]) == 0
     df = analyze_recording(tmp_path / "run", progress=False).to_pandas()
-    assert set(df["layer"]) == {1} and set(df[df["head"] >= 0]["head"]) == {1}
+    assert set(df["layer"].dropna()) == {1} and set(df["head"].dropna()) == {1}
     s = f64(model.QK[1]).svd()[1].detach()[1]
     got = df[(df.metric == "QK.effective_rank")].value.item()
     assert got == pytest.approx(erank(s).item(), rel=1e-5)
@@ -238,20 +239,21 @@ def test_an_sslens_run_gets_its_theory_report_and_the_series_analysis(tmp_path):
 
 
 def test_a_spectra_only_recording_uses_the_recorded_scalars(tmp_path):
-    """No weights, no patterns: rank metrics from QK/OV.sv, entropy/induction from the recorder's scalars (its
-    definitions: queries q >= 1, A[q, q-p+1] on the second repeat), condensation from its cos_top1."""
+    """No weights, no patterns: rank metrics from QK/OV.sv, entropy/induction from the recorder's scalars (the
+    definitions of sslens.metrics, the analysis' own), condensation from its cos_top1."""
     model = HookedTransformer(HookedTransformerConfig(**CONFIGS["ln_mlp"], seed=0, device="cpu"))
     CircuitRecorder(model, store=tmp_path / "run", spectra_only=True, mlp=True, schedule=[], verbose=False).record(0)
     assert main(["analyze", str(tmp_path / "run"), "--quiet"]) == 0
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())["series"][0]
     assert m["meta"]["pattern_scores"] == "recorder scalars (no patterns stored)" and m["composition"] == {}
     probe = Recording(tmp_path / "run").at(0)["probe.tokens"]
-    p = probe.shape[1] // 2
+    probe.shape[1] // 2
     _, cache = model.run_with_cache(probe)
     for l in range(2):
         a = cache["pattern", l]
-        q = torch.arange(p, 2 * p)
-        assert m["head"]["prefix_matching"][0][l] == pytest.approx(a[..., q, q - p + 1].mean(dim=(0, 2)).tolist(), rel=1e-5)
+        got = pattern_scores(a, detection_patterns(probe))
+        for name in ("entropy", "induction", "previous_token", "duplicate_token"):
+            assert m["head"][name][0][l] == pytest.approx(got[name].tolist(), rel=1e-5), name
         s = f64(model.QK[l]).svd()[1].detach()
         assert m["head"]["QK.effective_rank"][0][l] == pytest.approx(erank(s).tolist(), rel=1e-5)
         W = model.blocks[l].mlp.W_in.detach().double().T
