@@ -31,10 +31,10 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from sslens.analyses import head_metrics as hm
 from sslens.analyses.series import DETECTIONS, HEAD_METRICS, SeriesResult, Views, is_repeated, repeated_random_tokens
+from sslens.progress import bar as progress_bar
 
 CHUNK = 128  # checkpoints per batch at most; fewer when a checkpoint's parameters and patterns are large
 CHUNK_BYTES = 2**30  # memory budget of one chunk (stacked parameters, probe patterns and their float64 copies)
@@ -398,7 +398,7 @@ def start_weights(path: str, config: str | None = None, probe: Tensor | None = N
     return WeightsJob([by_step[s] for s in sorted(by_step)], sorted(by_step), probe_shape, fields["n_ctx"], p.name)
 
 
-def analyze_stacked(series, probe: Tensor | None = None, views: Views | None = None, progress: bool = True,
+def analyze_stacked(series, probe: Tensor | None = None, views: Views | None = None, progress: bool | None = None,
                     seed: int = 0, chunk: int = CHUNK, threads: int = 2, job: WeightsJob | None = None) -> SeriesResult:
     """Every generic analysis over a checkpoint series of state dicts, batched (see the module docstring).
 
@@ -467,7 +467,7 @@ def _analyze(series, probe, views, progress, seed, chunk, threads, job) -> Serie
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(1) if threads > 1 and not use_job else None
-    bar = tqdm(total=S, disable=not progress, desc=f"analyze {series.name} (batched)", unit="step")
+    bar = progress_bar(total=S, progress=progress, desc=f"analyze {series.name} (batched)", unit="step")
     ok = torch.zeros(S, dtype=torch.bool)
     import time
 

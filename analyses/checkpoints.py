@@ -18,7 +18,7 @@ from sslens.analyses.series import SeriesResult, Views, analyze_states, checkpoi
 from sslens.checkpoints import Series
 
 
-def analyze_series(series: Series, probe: torch.Tensor | None = None, progress: bool = True,
+def analyze_series(series: Series, probe: torch.Tensor | None = None, progress: bool | None = None,
                    views: Views | None = None, batched: bool = True, job=None) -> SeriesResult:
     """Every generic analysis over ``series`` (see :mod:`sslens.analyses.series`).
 

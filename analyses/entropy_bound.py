@@ -107,10 +107,10 @@ def head_entropy_bounds(model: HookedTransformer, tokens: Int[Tensor, "batch pos
 
 def entropy_series(series, tokens: Tensor, progress: bool = False) -> dict:
     """Per checkpoint of a ``Series``: mean measured entropy, mean bound and min slack per layer and head."""
-    from tqdm.auto import tqdm
+    from sslens.progress import bar as progress_bar
 
     out = {"steps": [], "entropy": [], "bound": [], "min_slack": []}
-    for s in tqdm(series.steps, disable=not progress, desc="entropy bound"):
+    for s in progress_bar(series.steps, progress=progress, desc="entropy bound"):
         r = head_entropy_bounds(series.load(s), tokens)
         out["steps"].append(s)
         out["entropy"].append(r["entropy"].mean((1, 3)).tolist())

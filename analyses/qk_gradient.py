@@ -127,10 +127,10 @@ def alignment_series(series, tokens: Tensor, targets: Tensor | None = None, loss
 
     ``series``: a ``sslens.checkpoints.Series`` or any object with ``steps`` and ``load(step) -> HookedTransformer``.
     """
-    from tqdm.auto import tqdm
+    from sslens.progress import bar as progress_bar
 
     rows = {"steps": [], "cos": [], "norm_QK": [], "sigma1_G": []}
-    for s in tqdm(series.steps, disable=not progress, desc="QK gradient"):
+    for s in progress_bar(series.steps, progress=progress, desc="QK gradient"):
         m = series.load(s)
         G = qk_gradient(m, tokens, targets, loss_fn, layers)
         A = qk_product(m, layers)

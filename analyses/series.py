@@ -27,10 +27,10 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from sslens import compat
 from sslens.analyses import head_metrics as hm
+from sslens.progress import bar as progress_bar
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 HEAD_METRICS = [f"{c}.{m}" for c in ("QK", "OV") for m in hm.RANK_METRICS] + list(hm.HEAD_SCORES)
@@ -245,7 +245,7 @@ class Views:
         return sorted({min(steps, key=lambda s: abs(s - t)) for t in self.steps})
 
 
-def analyze_states(source: StateSource, views: Views | None = None, progress: bool = True) -> "SeriesResult":
+def analyze_states(source: StateSource, views: Views | None = None, progress: bool | None = None) -> "SeriesResult":
     """Run every generic analysis over ``source`` (see the module docstring); one pass, streaming."""
     views = views or Views()
     steps = source.steps
@@ -259,7 +259,7 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
     rel: dict[str, list] = {}
     scalars: dict[str, list] = {}
     first_w: dict[str, Tensor] = {}
-    it = tqdm(source.states(), total=S, disable=not progress, desc=f"analyze {source.name}", unit="step")
+    it = progress_bar(source.states(), total=S, progress=progress, desc=f"analyze {source.name}", unit="step")
     for i, (step, st) in enumerate(it):
         if n_layers is None:
             layers = _layers(st)
@@ -524,13 +524,17 @@ class SeriesResult:
                 f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}</div>")
 
     # -- plots ------------------------------------------------------------------------------------------------
-    def plot(self, what: str = "rank", **kw):
-        """A matplotlib Figure: ``what`` in rank, attention, scores, composition, rel_change, key_mass, condensation."""
-        from sslens.analyses import series_report
+    def plot(self, what: str = "rank", show: bool | None = None, **kw):
+        """A matplotlib Figure: ``what`` in rank, attention, scores, composition, rel_change, key_mass, condensation.
 
-        return series_report.plot(self, what, **kw)
+        In a notebook it is displayed at once (also mid-cell) and once (``show=False``: not now;
+        :mod:`sslens.analyses.figures`).
+        """
+        from sslens.analyses import figures, series_report
+
+        return figures.show(series_report.plot(self, what, **kw), show)
 
 
-def analyze_recording(path: str | Path, views: Views | None = None, progress: bool = True) -> SeriesResult:
+def analyze_recording(path: str | Path, views: Views | None = None, progress: bool | None = None) -> SeriesResult:
     """:func:`analyze_states` over a CircuitRecorder directory."""
     return analyze_states(recording_source(path), views=views, progress=progress)

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import torch
 from matplotlib.figure import Figure
 
+from sslens.analyses.figures import NotebookFigure
 from sslens.analyses.head_metrics import RANK_METRICS
 
 WHAT = ("rank", "attention", "scores", "composition", "rel_change", "key_mass", "condensation")
@@ -30,7 +31,7 @@ def _log_x(ax, steps: Sequence[int]) -> None:
 def _grid(res, metrics: Sequence[str], title: str) -> Figure:
     """Rows: layers; columns: metrics; one line per head."""
     L = max(res.n_layers, 1)
-    fig = Figure(figsize=(2.9 * len(metrics), 2.1 * L + 0.4))
+    fig = NotebookFigure(figsize=(2.9 * len(metrics), 2.1 * L + 0.4))
     axes = fig.subplots(L, len(metrics), squeeze=False)
     x = res.steps
     for l in range(L):
@@ -62,7 +63,7 @@ def plot(res, what: str = "rank", metrics: Sequence[str] | None = None, step: in
         return _grid(res, metrics or ["previous_token", "induction", "qk_eig", "ov_eig"],
                      f"{res.name}: previous-token / prefix-matching scores and QK / OV eigenvalue scores")
     if what == "composition":
-        fig = Figure(figsize=(3.2 * max(len(res.composition), 1), 2.6))
+        fig = NotebookFigure(figsize=(3.2 * max(len(res.composition), 1), 2.6))
         axes = fig.subplots(1, max(len(res.composition), 1), squeeze=False)[0]
         for ax, (mode, v) in zip(axes, res.composition.items()):
             flat = v.reshape(len(res.steps), -1)
@@ -77,7 +78,7 @@ def plot(res, what: str = "rank", metrics: Sequence[str] | None = None, step: in
             ax.legend(fontsize=6)
         return fig
     if what == "rel_change":
-        fig = Figure(figsize=(5, 3))
+        fig = NotebookFigure(figsize=(5, 3))
         ax = fig.subplots()
         for k, v in res.rel_change.items():
             ax.plot(res.steps, v.numpy(), lw=1, label=k)
@@ -89,7 +90,7 @@ def plot(res, what: str = "rank", metrics: Sequence[str] | None = None, step: in
     if what == "key_mass":
         i = -1 if step is None else min(range(len(res.steps)), key=lambda j: abs(res.steps[j] - step))
         toks = res.top_key_tokens(12)
-        fig = Figure(figsize=(1 + 0.45 * max(len(toks), 1) * max(res.n_layers, 1), 2.8))
+        fig = NotebookFigure(figsize=(1 + 0.45 * max(len(toks), 1) * max(res.n_layers, 1), 2.8))
         axes = fig.subplots(1, max(res.n_layers, 1), squeeze=False)[0]
         if res.key_mass is not None:
             idx = [res.key_tokens.index(t) for t in toks]
@@ -103,7 +104,7 @@ def plot(res, what: str = "rank", metrics: Sequence[str] | None = None, step: in
         from sslens.analyses.condensation import plot_cosine, reordered_cosine
 
         pairs = [(l, s, W) for l, d in sorted(res.neurons.items()) for s, W in sorted(d.items())]
-        fig = Figure(figsize=(2.8 * max(len(pairs), 1), 2.8))
+        fig = NotebookFigure(figsize=(2.8 * max(len(pairs), 1), 2.8))
         axes = fig.subplots(1, max(len(pairs), 1), squeeze=False)[0]
         for ax, (l, s, W) in zip(axes, pairs):
             plot_cosine(reordered_cosine(W)[0], ax, f"L{l} MLP neurons, step {s}")

@@ -7,9 +7,16 @@ first use (PEP 562 module ``__getattr__``), so the CLI starts without torch.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 from sslens.errors import SslensError
+
+if "ipykernel" in sys.modules:  # in a notebook: tqdm.auto first, without its "IProgress not found" warning
+    from sslens.progress import in_notebook, tqdm_auto
+
+    if in_notebook():
+        tqdm_auto()
 
 __version__ = "0.1.0"
 

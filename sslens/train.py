@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from tqdm.auto import tqdm
 
 from sslens import compat
 from sslens.configs import build_model, build_task, model_config, task_config
@@ -26,6 +25,7 @@ from sslens.constants import LR_SCHEDULES, OPTIMIZERS, PROBE_SEED_OFFSET, SEED_M
 from sslens.errors import SslensError, TrainingDiverged, choice, require
 from sslens.losses import get_loss
 from sslens.memory import available_memory, check_memory, estimate_bytes  # noqa: F401 -- re-exported
+from sslens.progress import bar as progress_bar
 from sslens.schedule import log_schedule
 from sslens.store import RunStore, check_out_path, load_params
 
@@ -209,7 +209,7 @@ def train(
     cfg: TrainConfig | dict,
     out: str | Path | None = None,
     resume: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> tuple[HookedTransformer, RunStore | None]:
     """Train; with ``out`` write a run store. ``resume=True`` continues from the latest checkpoint.
 
@@ -243,7 +243,8 @@ def _resume_from(store: RunStore) -> tuple[dict, dict]:
     return tensors, meta
 
 
-def _train(cfg: TrainConfig, store: RunStore | None, resume: bool, progress: bool) -> tuple[HookedTransformer, RunStore | None]:
+def _train(cfg: TrainConfig, store: RunStore | None, resume: bool,
+           progress: bool | None) -> tuple[HookedTransformer, RunStore | None]:
     from sslens.hooks.recorder import CircuitRecorder
 
     config = {"train": cfg.to_dict(), "model": cfg.model, "task": cfg.task}
@@ -298,7 +299,7 @@ def _train(cfg: TrainConfig, store: RunStore | None, resume: bool, progress: boo
     rows: list[dict] = []
     if start == 0:
         checkpoint(0, rows)
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
+    bar = progress_bar(total=cfg.steps, initial=start, progress=progress, desc="train", unit="step", dynamic_ncols=True)
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
         tokens, target = task.batch(cfg.batch, generator)
@@ -331,7 +332,7 @@ def _train(cfg: TrainConfig, store: RunStore | None, resume: bool, progress: boo
     return model, store
 
 
-def ensure_trained(cfg: TrainConfig, out: str | Path, progress: bool = True, same_config: bool = False) -> RunStore:
+def ensure_trained(cfg: TrainConfig, out: str | Path, progress: bool | None = None, same_config: bool = False) -> RunStore:
     """Train into ``out`` unless it holds a finished run; a killed run there resumes.
 
     ``same_config=True``: a finished run must have been made with ``cfg`` (else one-line error).

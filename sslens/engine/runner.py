@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from sslens import compat
 from sslens.engine.blocks import ClassBlocks, loss_and_grads_blocks
@@ -26,6 +25,7 @@ from sslens.engine.optim import BatchedOptimizer, per_run
 from sslens.engine.sampler import CountBatch, Supports
 from sslens.errors import SslensError, require
 from sslens.models.scan_snap import DTYPES, TRAINABLE, frozen_params, init_Z_Y, scan_snap
+from sslens.progress import bar as progress_bar
 from sslens.store import RunStore, deferred_fsync
 from sslens.tasks import SequenceClassTask, build_task
 from sslens.theory.c_n import composition, distinct_entropy
@@ -76,7 +76,7 @@ def _check(cfgs: list[TrainConfig]) -> None:
 def train_many(
     cfgs: list[TrainConfig],
     outs: list[str | Path] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     record: str = "ends",
     sampler: str = "tokens",
     checkpoints: str = "ends",
@@ -170,7 +170,7 @@ def train_many(
         tokens, target = task.batch(c0.batch, gens[k])
         return supports.from_tokens(tokens, target, dtype)
 
-    bar = tqdm(range(steps), disable=not progress, desc=f"engine M={M} R={R}", unit="step", dynamic_ncols=True)
+    bar = progress_bar(range(steps), progress=progress, desc=f"engine M={M} R={R}", unit="step", dynamic_ncols=True)
     for step in bar:
         batch = CountBatch.stack([draw(k) for k in keys]).index(stream)
         rows = qpos[batch.query]  # each sample's row in Z_Q

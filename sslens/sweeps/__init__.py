@@ -14,9 +14,8 @@ import copy
 import itertools
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from sslens.errors import SslensError, require
+from sslens.progress import bar as progress_bar
 from sslens.sweeps.jobs import finished
 from sslens.train import TrainConfig
 
@@ -47,7 +46,7 @@ def expand(base: TrainConfig, axes: dict[str, list]) -> list[tuple[dict, TrainCo
 
 
 def run_sweep(
-    points: list[tuple[str, TrainConfig]], out: str | Path, workers: int = 1, progress: bool = True, max_batch: int = 80
+    points: list[tuple[str, TrainConfig]], out: str | Path, workers: int = 1, progress: bool | None = None, max_batch: int = 80
 ) -> list[Path]:
     """Train every (name, config) into ``out/name`` unless that store is finished; returns the run dirs.
 
@@ -60,7 +59,7 @@ def run_sweep(
     names = [n for n, _ in points]
     require(len(set(names)) == len(names), "points", "duplicate run names", "unique names")
     todo = [(n, c.to_dict()) for n, c in points if not finished(out / n)]
-    bar = tqdm(total=len(todo), disable=not progress, desc="sweep", unit="run", dynamic_ncols=True)
+    bar = progress_bar(total=len(todo), progress=progress, desc="sweep", unit="run", dynamic_ncols=True)
     run_local(make_jobs(todo, out, max_batch=max_batch), workers, lambda res: bar.update(len(res)))
     bar.close()
     return [out / n for n in names]

@@ -59,7 +59,7 @@ def final_c(run_dir: Path):
     return composition(Z, spec.P(), spec.queries), spec
 
 
-def run_fig6(out_dir: str | Path, progress: bool = True, workers: int = 2, backend: str = "local",
+def run_fig6(out_dir: str | Path, progress: bool | None = None, workers: int = 2, backend: str = "local",
              address: str | None = None, max_retries: int = 3, **grid) -> Path:
     """Run (or resume) the grid into ``out_dir/runs`` as one generic grid (:func:`sslens.sweeps.grid.run_points`:
     results.csv, summary.png); then write fig6.csv, fig6.png, recall.csv, recall.png.

@@ -373,7 +373,7 @@ def run_points(
     workers: int = 1,
     address: str | None = None,
     max_retries: int = 3,
-    progress: bool = True,
+    progress: bool | None = None,
     max_batch: int = 80,
     summary: bool = True,
     after_runs: Callable[[], Any] | None = None,
@@ -381,7 +381,7 @@ def run_points(
     """Train ``(name, point, config)`` runs into ``out/runs/NAME`` (unfinished ones only); write
     ``out/results.csv`` (and ``out/summary.png``); return the result rows. ``after_runs()`` is called once every
     run has finished, before the results are read (e.g. to start a helper on the finished run stores)."""
-    from tqdm.auto import tqdm
+    from sslens.progress import bar as progress_bar
 
     require(backend in BACKENDS, "backend", f"got {backend!r}", ", ".join(BACKENDS))
     require(isinstance(workers, int) and workers >= 1, "workers", f"got {workers!r}", "an int >= 1")
@@ -404,7 +404,7 @@ def run_points(
             if (runs_dir / n).is_dir() and finished(runs_dir / n):
                 clean_temp(runs_dir / n)
         jobs = make_jobs(todo, runs_dir, fn=fn, max_batch=max_batch)
-        bar = tqdm(total=len(todo), disable=not progress, desc="sweep", unit="run", dynamic_ncols=True)
+        bar = progress_bar(total=len(todo), progress=progress, desc="sweep", unit="run", dynamic_ncols=True)
 
         def on_done(result: list) -> None:
             bar.update(len(result))
@@ -434,7 +434,7 @@ def run_grid(
     workers: int = 1,
     address: str | None = None,
     max_retries: int = 3,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> list[dict]:
     """``sslens sweep grid SPEC --out DIR`` in Python; ``fn`` (a callable or "module:attr") overrides SPEC's."""
     spec = load_spec(spec, fn=fn)
