@@ -88,11 +88,11 @@ class RankTrajectory:
     values: dict[str, dict[str, Tensor]]
 
     def plot(self, metric: str = "effective_rank", ax=None):
-        """One line per matrix (and head) of ``metric`` against step (log-spaced recordings: symlog x); the Axes.
+        """One line per matrix (and head) of ``metric`` against step (linear axis for evenly spaced steps, else log); the Axes.
 
         Without ``ax`` a new pyplot figure is made (shown inline in notebooks); the backend is left alone.
         """
-        from sslens.analyses.report import legend
+        from sslens.analyses.report import legend, step_axis
 
         if ax is None:
             import matplotlib.pyplot as plt
@@ -102,9 +102,8 @@ class RankTrajectory:
             v = ms[metric].reshape(len(self.steps), -1)
             for h in range(v.shape[1]):
                 ax.plot(self.steps, v[:, h].float().numpy(), label=name if v.shape[1] == 1 else f"{name}[{h}]")
-        ax.set_xscale("symlog", linthresh=1)
-        ax.set_xlim(left=0)
-        ax.set_xlabel("step")
+        step_axis(ax, self.steps)
+        ax.set_xlim(left=min(self.steps, default=0))
         ax.set_ylabel(metric.replace("_", " "))
         legend(ax, fontsize=7)
         return ax

@@ -21,15 +21,21 @@ from torch import Tensor
 from sslens.store import atomic_write_text
 
 MAX_WIDTH_PX = 1080  # the report column is 1100 px wide (CSS max-width) at a 1280 px viewport
+VIEWPORT_PX = 1280  # the page fits this width: wider tables scroll inside their own box (.tbl), long words wrap
+TITLE_PT, LABEL_PT, LEGEND_PT = 12, 10, 9  # figure font sizes (points at the figure's dpi)
+EVEN_SPACING = 2.0  # steps whose largest gap is at most this many times the smallest are plotted on a linear axis
 LEGEND_INSIDE_MAX = 8  # more legend entries than this go outside the axes
 _CV_CALL = "CircuitsVis.render("
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:24px auto;
-padding:0 16px;color:#222}
+padding:0 16px;color:#222;overflow-wrap:anywhere}
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.9em;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
-th{background:#f4f4f4}.pass{color:#0a7a2f;font-weight:600}.fail{color:#b00020;font-weight:600}
+.tbl{max-width:100%;overflow-x:auto;margin:8px 0}
+table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+td{overflow-wrap:normal}th{background:#f4f4f4;vertical-align:bottom}caption{text-align:left}
+.tbl td:first-child,.tbl th:first-child{position:sticky;left:0;background:#fff}.tbl th:first-child{background:#f4f4f4}
+.pass{color:#0a7a2f;font-weight:600}.fail{color:#b00020;font-weight:600}
 figure{margin:12px 0}img{max-width:100%;height:auto}figcaption{font-size:.85em;color:#555}
 .note{background:#fff7e0;border-left:4px solid #e0a800;padding:6px 10px}.cv{max-width:100%;overflow-x:auto}
 """
@@ -124,11 +130,15 @@ class Report:
         return f'<figure><img alt="{html.escape(caption or alt)}" src="{src}">{cap}</figure>'
 
     def table(self, rows: Sequence[dict[str, Any]], caption: str | None = None) -> Report:
-        """A table from dicts; a boolean column named ``pass`` is coloured."""
+        """A table from dicts; a boolean column named ``pass`` is coloured.
+
+        Column names may break after ``.`` and ``_``; a table still wider than the column scrolls inside its own box
+        with its first column kept in view.
+        """
         if not rows:
             return self
         cols = list(dict.fromkeys(k for r in rows for k in r))
-        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+        head = "".join(f"<th>{_breakable(str(c))}</th>" for c in cols)
         body = []
         for r in rows:
             cells = []
@@ -142,7 +152,8 @@ class Report:
                     cells.append(f"<td>{html.escape(str(v))}</td>")
             body.append("<tr>" + "".join(cells) + "</tr>")
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-        self.parts.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+        self.parts.append(f'<div class="tbl"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
+                          "</table></div>")
         return self
 
     def circuitsvis(self, rendered, caption: str | None = None) -> Report:
@@ -183,6 +194,39 @@ def split_circuitsvis(local_src: str) -> tuple[str, str, str]:
     return div, bundle, sep + call.rstrip()[: -len("</script>")]
 
 
+def _breakable(name: str) -> str:
+    """``name`` escaped, with a line-break opportunity after each ``.`` and ``_`` (long metric names)."""
+    import re
+
+    return re.sub(r"([._])", r"\1<wbr>", html.escape(name))
+
+
+def evenly_spaced(steps: Sequence[int]) -> bool:
+    """Whether ``steps`` are (about) evenly spaced: the largest gap at most ``EVEN_SPACING`` times the smallest."""
+    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    return len(gaps) < 2 or (min(gaps) > 0 and max(gaps) <= EVEN_SPACING * min(gaps))
+
+
+def step_axis(ax, steps: Sequence[int], fontsize: float = LABEL_PT) -> None:
+    """The x axis of a quantity over training steps: linear for evenly spaced steps, else log (symlog from step 0)."""
+    from matplotlib.ticker import NullLocator
+
+    if not evenly_spaced(list(steps)):
+        ax.set_xscale("symlog", linthresh=1) if steps and min(steps) <= 0 else ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(NullLocator())  # minor log ticks cost seconds per figure and say little
+    ax.set_xlabel("step", fontsize=fontsize)
+
+
+def embed_dpi(fig, dpi: float = 110) -> float:
+    """The dpi :func:`png_bytes` renders ``fig`` at: ``dpi``, lowered so the PNG is at most ``MAX_WIDTH_PX`` wide."""
+    return min(dpi, MAX_WIDTH_PX / max(fig.get_figwidth() + 0.3, 1e-3))  # + margin: legends, bbox_inches
+
+
+def displayed_pt(fontsize: float, fig, dpi: float = 110) -> float:
+    """Points on screen (96 px per inch) of ``fontsize`` in ``fig`` embedded by :meth:`Report.figure` at ``dpi``."""
+    return fontsize * embed_dpi(fig, dpi) / 96
+
+
 def legend(ax, **kwargs):
     """``ax.legend``; with more than ``LEGEND_INSIDE_MAX`` entries it goes outside, right of the axes."""
     handles, _ = ax.get_legend_handles_labels()
@@ -194,7 +238,7 @@ def legend(ax, **kwargs):
 def png_bytes(fig, dpi: float = 110) -> bytes:
     """``fig`` as PNG bytes at most ``MAX_WIDTH_PX`` wide (``bbox_inches="tight"``), and release it."""
     buf = io.BytesIO()
-    dpi = min(dpi, MAX_WIDTH_PX / max(fig.get_figwidth() + 0.3, 1e-3))  # + margin: legends, bbox_inches
+    dpi = embed_dpi(fig, dpi)
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     _release(fig)
     return buf.getvalue()

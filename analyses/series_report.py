@@ -1,7 +1,10 @@
-"""Figures and the report.html of :class:`sslens.analyses.series.SeriesResult` (small multiples, log step axis).
+"""Figures and the report.html of :class:`sslens.analyses.series.SeriesResult` (small multiples over steps).
 
-Every plot returns a ``matplotlib.figure.Figure`` (no backend switching, no pyplot state), so it shows
-inline in a notebook and embeds in a :class:`sslens.analyses.report.Report`.
+Every plot returns a :class:`sslens.analyses.figures.NotebookFigure` (a ``matplotlib.figure.Figure``: no backend
+switching, no pyplot state), so it shows inline in a notebook and embeds in a :class:`sslens.analyses.report.Report`.
+Readable at 1280 px: at most ``MAX_COLS`` panels a row, so the report embeds them unscaled at ``FIGURE_DPI`` with
+titles of ``TITLE_PT`` (10 pt on screen and more); steps on a linear axis when evenly spaced, else log
+(``report.step_axis``).
 """
 
 from __future__ import annotations
@@ -14,39 +17,49 @@ from matplotlib.figure import Figure
 
 from sslens.analyses.figures import NotebookFigure
 from sslens.analyses.head_metrics import RANK_METRICS
+from sslens.analyses.report import LABEL_PT, LEGEND_PT, TITLE_PT, legend, step_axis
 
 WHAT = ("rank", "attention", "scores", "composition", "rel_change", "key_mass", "condensation")
 WEIGHT_PLOTS = ("rank", "composition", "rel_change", "condensation")  # plots of weight metrics only
 FIGURE_DPI = 80  # the report's figures: text layout dominates render time
 
 
-def _log_x(ax, steps: Sequence[int]) -> None:
-    from matplotlib.ticker import NullLocator
+MAX_COLS = 3  # panels per row: a figure stays <= ~11 in wide, so the report shows it unscaled (readable text)
+REL_CHANGE_TOP = 8  # the relative-change plot labels this many parameters (largest final change); the rest grey
 
-    ax.set_xscale("symlog", linthresh=1) if steps and min(steps) <= 0 else ax.set_xscale("log")
-    ax.xaxis.set_minor_locator(NullLocator())  # minor log ticks cost seconds per figure and say little
-    ax.set_xlabel("step", fontsize=7)
+
+def _panels(rows: int, cols: int, w: float, h: float, title: str):
+    """A :class:`NotebookFigure` with ``rows x cols`` axes of ``w x h`` inches and a suptitle."""
+    fig = NotebookFigure(figsize=(w * cols, h * rows + 0.5), layout="constrained")
+    fig.suptitle(title, fontsize=TITLE_PT)
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
+def _style(ax, title: str, steps: Sequence[int] | None = None) -> None:
+    ax.set_title(title, fontsize=TITLE_PT)
+    ax.tick_params(labelsize=LABEL_PT)
+    if steps is not None:
+        step_axis(ax, steps)
 
 
 def _grid(res, metrics: Sequence[str], title: str) -> Figure:
-    """Rows: layers; columns: metrics; one line per head."""
+    """Per layer a block of panels (one per metric, at most ``MAX_COLS`` a row); one line per head."""
     L = max(res.n_layers, 1)
-    fig = NotebookFigure(figsize=(2.9 * len(metrics), 2.1 * L + 0.4))
-    axes = fig.subplots(L, len(metrics), squeeze=False)
+    cols = min(len(metrics), MAX_COLS)
+    per_layer = -(-len(metrics) // cols)
+    fig, axes = _panels(L * per_layer, cols, 3.6, 2.5, title)
     x = res.steps
     for l in range(L):
         for j, m in enumerate(metrics):
-            ax = axes[l][j]
+            ax = axes[l * per_layer + j // cols][j % cols]
             v = res.head[m][:, l] if m in res.head else torch.full((len(x), res.n_heads), float("nan"))
             for h in range(res.n_heads):
-                ax.plot(x, v[:, h].numpy(), lw=1, label=f"H{res._H(h)}")
-            _log_x(ax, x)
-            ax.set_title(f"L{res._L(l)} {m}", fontsize=8)
-            ax.tick_params(labelsize=7)
+                ax.plot(x, v[:, h].numpy(), lw=1.2, label=f"H{res._H(h)}")
+            _style(ax, f"L{res._L(l)} {m}", x)
+        for j in range(len(metrics), per_layer * cols):
+            axes[l * per_layer + j // cols][j % cols].set_visible(False)
     if res.n_heads <= 12:
-        axes[0][-1].legend(fontsize=6, ncol=2)
-    fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(hspace=0.6, wspace=0.35)
+        axes[0][-1].legend(fontsize=LEGEND_PT, ncol=2)  # the first row is always full
     return fig
 
 
@@ -56,58 +69,70 @@ def plot(res, what: str = "rank", metrics: Sequence[str] | None = None, step: in
 
     if what == "rank":
         return _grid(res, metrics or [f"{c}.{m}" for c in ("QK", "OV") for m in RANK_METRICS],
-                     f"{res.name}: QK and OV rank metrics per layer (rows) and head (lines)")
+                     f"{res.name}: QK and OV rank metrics per layer and head")
     if what == "attention":
         return _grid(res, metrics or ["entropy"], f"{res.name}: attention entropy on the probe (nats)")
     if what == "scores":
         return _grid(res, metrics or ["previous_token", "induction", "qk_eig", "ov_eig"],
-                     f"{res.name}: previous-token / prefix-matching scores and QK / OV eigenvalue scores")
+                     f"{res.name}: previous-token, induction (prefix-matching), QK / OV eigenvalue scores")
     if what == "composition":
-        fig = NotebookFigure(figsize=(3.2 * max(len(res.composition), 1), 2.6))
-        axes = fig.subplots(1, max(len(res.composition), 1), squeeze=False)[0]
-        for ax, (mode, v) in zip(axes, res.composition.items()):
+        modes = list(res.composition.items())
+        fig, axes = _panels(1, max(len(modes), 1), 3.6, 3.0, f"{res.name}: head composition (top pairs at the end)")
+        for ax, (mode, v) in zip(axes[0], modes):
             flat = v.reshape(len(res.steps), -1)
             top = torch.topk(torch.nan_to_num(flat[-1]), min(6, flat.shape[1])).indices.tolist()
             H, L = res.n_heads, res.n_layers
             for j in top:
                 l1, h1, l2, h2 = j // (H * L * H), j // (L * H) % H, j // H % L, j % H
-                ax.plot(res.steps, flat[:, j].numpy(), lw=1,
+                ax.plot(res.steps, flat[:, j].numpy(), lw=1.2,
                         label=f"L{res._L(l1)}H{res._H(h1)}->L{res._L(l2)}H{res._H(h2)}")
-            _log_x(ax, res.steps)
-            ax.set_title(f"{mode}-composition (top pairs at the end)", fontsize=8)
-            ax.legend(fontsize=6)
+            _style(ax, f"{mode}-composition", res.steps)
+            ax.legend(fontsize=LEGEND_PT - 1)
         return fig
     if what == "rel_change":
-        fig = NotebookFigure(figsize=(5, 3))
-        ax = fig.subplots()
-        for k, v in res.rel_change.items():
-            ax.plot(res.steps, v.numpy(), lw=1, label=k)
-        _log_x(ax, res.steps)
-        ax.set_ylabel("||W_t - W_0||_F / ||W_0||_F")
-        if len(res.rel_change) <= 16:
-            ax.legend(fontsize=6)
+        fig, axes = _panels(1, 1, 7.5, 3.6, f"{res.name}: relative change ||W_t - W_0||_F / ||W_0||_F")
+        ax = axes[0][0]
+        final = {k: float(torch.nan_to_num(v[-1], nan=-1.0)) for k, v in res.rel_change.items()}
+        top = sorted(final, key=final.get, reverse=True)[:REL_CHANGE_TOP]
+        for k, v in res.rel_change.items():  # the rest first, thin and grey, under the labelled ones
+            if k not in top:
+                ax.plot(res.steps, v.numpy(), lw=0.8, color="0.75")
+        colors = [f"C{i}" for i in range(10) if i != 7]  # tab10 without its grey (C7)
+        for k, c in zip(top, colors):
+            ax.plot(res.steps, res.rel_change[k].numpy(), lw=1.5, label=k, color=c)
+        rest = len(res.rel_change) - len(top)
+        _style(ax, f"top {len(top)} parameters by final change" + (f" ({rest} more in grey)" if rest else ""), res.steps)
+        if top:
+            legend(ax, fontsize=LEGEND_PT)
         return fig
     if what == "key_mass":
         i = -1 if step is None else min(range(len(res.steps)), key=lambda j: abs(res.steps[j] - step))
         toks = res.top_key_tokens(12)
-        fig = NotebookFigure(figsize=(1 + 0.45 * max(len(toks), 1) * max(res.n_layers, 1), 2.8))
-        axes = fig.subplots(1, max(res.n_layers, 1), squeeze=False)[0]
+        L = max(res.n_layers, 1)
+        cols = min(L, 2)
+        fig, axes = _panels(-(-L // cols), cols, 1 + 0.42 * max(len(toks), 1), 0.3 * res.n_heads + 1.6,
+                            f"{res.name}: attention mass by key token, step {res.steps[i]}")
+        for ax in axes.flat[L:]:
+            ax.set_visible(False)
         if res.key_mass is not None:
             idx = [res.key_tokens.index(t) for t in toks]
-            for l, ax in enumerate(axes):
+            for l, ax in zip(range(L), axes.flat):
                 ax.imshow(res.key_mass[i, l][:, idx].numpy(), aspect="auto", cmap="viridis", vmin=0)
-                ax.set_xticks(range(len(toks)), [str(t) for t in toks], fontsize=6, rotation=90)
-                ax.set_yticks(range(res.n_heads), [f"H{res._H(h)}" for h in range(res.n_heads)], fontsize=6)
-                ax.set_title(f"L{res._L(l)} attention mass by key token, step {res.steps[i]}", fontsize=8)
+                ax.set_xticks(range(len(toks)), [str(t) for t in toks], fontsize=LABEL_PT - 1, rotation=90)
+                ax.set_yticks(range(res.n_heads), [f"H{res._H(h)}" for h in range(res.n_heads)], fontsize=LABEL_PT - 1)
+                ax.set_title(f"L{res._L(l)}", fontsize=TITLE_PT)
         return fig
     if what == "condensation":
         from sslens.analyses.condensation import plot_cosine, reordered_cosine
 
         pairs = [(l, s, W) for l, d in sorted(res.neurons.items()) for s, W in sorted(d.items())]
-        fig = NotebookFigure(figsize=(2.8 * max(len(pairs), 1), 2.8))
-        axes = fig.subplots(1, max(len(pairs), 1), squeeze=False)[0]
-        for ax, (l, s, W) in zip(axes, pairs):
+        cols = min(max(len(pairs), 1), MAX_COLS)
+        fig, axes = _panels(-(-max(len(pairs), 1) // cols), cols, 3.4, 3.2, f"{res.name}: MLP condensation")
+        for ax in axes.flat[len(pairs):]:
+            ax.set_visible(False)
+        for ax, (l, s, W) in zip(axes.flat, pairs):
             plot_cosine(reordered_cosine(W)[0], ax, f"L{l} MLP neurons, step {s}")
+            ax.title.set_fontsize(TITLE_PT)
         return fig
     raise SslensError("plot", f"unknown plot {what!r}", ", ".join(WHAT))
 
@@ -170,7 +195,8 @@ def write_report(results: list, out_dir: str | Path, title: str = "Series analys
                f"{r.n_layers} layers x {r.n_heads} heads")
         for n in r.notes:
             rep.note(n)
-        rep.table(r.final(), f"every head metric at step {r.steps[-1]}")
+        rep.table([{"head": f"L{x.pop('layer')}H{x.pop('head')}", **x} for x in r.final()],
+                  f"every head metric at step {r.steps[-1]} (layer L, head H)")
         fig(r, "rank", "QK = W_Q W_K^T and OV = W_V W_O: effective rank (Roy & Vetterli), stable rank, "
                                     "top-1 energy per layer and head (docs/theory.md §3)")
         if not torch.isnan(r.head["entropy"]).all():
