@@ -245,6 +245,30 @@ class Views:
         return sorted({min(steps, key=lambda s: abs(s - t)) for t in self.steps})
 
 
+ANALYSIS_THREADS = 1  # torch intra-op threads while analysing (benchmarks/bench_analyze_threads.py, docs/benchmarks.md)
+
+
+def own_threads(fn: Callable) -> Callable:
+    """Run ``fn`` with ``ANALYSIS_THREADS`` torch threads, restored after.
+
+    The analysis is many small SVDs and eigendecompositions: LAPACK calls whose OpenMP barriers spin when a core is
+    busy elsewhere (docs/benchmarks.md, "Threads").
+    """
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        old = torch.get_num_threads()
+        torch.set_num_threads(ANALYSIS_THREADS)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(old)
+
+    return run
+
+
+@own_threads
 def analyze_states(source: StateSource, views: Views | None = None, progress: bool | None = None) -> "SeriesResult":
     """Run every generic analysis over ``source`` (see the module docstring); one pass, streaming."""
     views = views or Views()

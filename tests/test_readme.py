@@ -42,3 +42,22 @@ assert _cli(["analyze", "runs/mine", "--quiet"]) == 0
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "runs" / "mine" / "recordings").is_dir()
     assert (tmp_path / "runs" / "mine" / "metrics.json").is_file() and (tmp_path / "runs" / "mine" / "report.html").is_file()
+
+
+def test_readme_is_a_newcomers_page():
+    """<= 120 lines: what it is, installing into your own venv (both TransformerLens lines), your own model first,
+    then the reproductions; the make targets stay; dated figures live in docs/benchmarks.md; every link resolves."""
+    text = README.read_text()
+    assert len(text.splitlines()) <= 120
+    heads = re.findall(r"^## (.+)$", text, flags=re.M)
+    assert heads[:3] == ["Install into your own venv", "Your own model", "Reproductions"], heads
+    assert "pip install /path/to/sslens " in text and 'pip install /path/to/sslens "transformer-lens==4.3.0"' in text
+    for target in ("make test", "make bench", "make demo"):
+        assert target in text
+    assert "json.dump(model.cfg.to_dict(), f, default=str)" in text and "sslens analyze-checkpoints" in text
+    assert not re.search(r"\b20\d\d-\d\d-\d\d\b", text), "dated figures belong in docs/benchmarks.md"
+    bench = (README.parent / "docs" / "benchmarks.md").read_text()
+    assert len(re.findall(r"\b20\d\d-\d\d-\d\d\b", bench)) >= 10 and "## Speed (`make bench`)" in bench
+    for page in [README, *sorted((README.parent / "docs").glob("*.md"))]:
+        for link in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            assert link.startswith("http") or (page.parent / link).exists(), (page.name, link)
