@@ -17,7 +17,7 @@ import torch
 from matplotlib.figure import Figure
 
 from sslens.analyses.c_n import empirical_trajectory, total_variation, trajectory
-from sslens.analyses.report import Report, attention_steps_view, legend
+from sslens.analyses.report import Report, attention_steps_view, legend, step_axis
 from sslens.analyses.scan_snap_checks import checks
 from sslens.hooks.recorder import Recording
 from sslens.store import RunStore, atomic_write_json
@@ -73,9 +73,8 @@ def _fig_z(traj, k=0):
         ax.plot(traj.steps, z[:, l], color=cmap(P[l] / pmax * 0.9))
     for l in spec.common[k]:
         ax.plot(traj.steps, z[:, l], color="0.6", lw=0.8)
-    ax.set_xscale("symlog", linthresh=1)  # the recording schedule is log-spaced
+    step_axis(ax, traj.steps)  # log-spaced recordings: symlog; evenly spaced: linear
     ax.set_xlim(left=0)
-    ax.set_xlabel("step")
     ax.set_ylabel("z_ml")
     ax.set_title(f"z trajectories, class {k}: distinct (colour = P(l|n)), common (grey)", fontsize=9)
     return fig
@@ -87,10 +86,9 @@ def _fig_chi(out):
     ax.plot(t, out["chi_measured"], "o-", ms=3, label="measured e^{2 dz} (top distinct token)")
     ax.plot(t, out["chi_predicted"], "--", label="Thm 4 chi(t)")
     ax.axvline(out["t0"], color="k", ls=":", lw=1)
-    ax.set_xscale("symlog", linthresh=1)
+    step_axis(ax, list(out["steps"]))
     ax.set_xlim(left=0)
     ax.set_yscale("log")
-    ax.set_xlabel("step")
     ax.set_ylabel("chi")
     legend(ax, fontsize=7)
     return fig
