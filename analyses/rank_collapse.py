@@ -85,6 +85,12 @@ def stage_metrics(run_dir, n_data: int = 2048) -> dict:
         A = [th.sign_conditions(v, w["W_V"], w["W1"], w["W2"]) for w in Ws]
         out["A1"], out["A2"] = [a[0] for a in A], [a[1] for a in A]
         out["cos_WV_cols_v"] = [mean_abs_cos(w["W_V"].T, v) for w in Ws]
+        # Thm 1 of [CR]: gradient ascent on E in rescaled time tau = lr c step, c = ||sum_i y_i sum_j X_ij|| / (n s)
+        # (at uniform attention and f ~ 0, -dL/dW = c dE/dW), so dE/dtau >= 3 E^{4/3} (docs/rank_collapse.md)
+        lr = float(next(iter(cfg["train"]["lr"].values())))
+        c = (torch.einsum("n,nsd->d", y, X).norm() / (X.shape[0] * X.shape[1])).item()
+        out["energy_tau"] = [lr * c * s for s in steps]
+        out["energy_growth"] = energy_growth(out["energy_tau"], out["energy"])
         out["cos_WV_rows_W1W2"] = [mean_abs_cos(w["W_V"], w["W1"] @ w["W2"]) for w in Ws]
         Fs = [th.stage2_F(X, y, w["W_V"], w["W1"], w["W2"]) for w in Ws]
         out["sigma1_F"] = [torch.linalg.svdvals(F)[0].item() for F in Fs]
@@ -101,6 +107,16 @@ def stage_metrics(run_dir, n_data: int = 2048) -> dict:
 def _uv(F):
     u, _, v = rank.top_singular_pair(F)
     return u, v
+
+
+def energy_growth(tau: list[float], E: list[float]) -> list[float]:
+    """[CR] Thm 1 integrated between consecutive checkpoints: dE/dtau >= 3 E^{4/3} <=> d(E^{-1/3})/dtau <= -1, so
+    (E_a^{-1/3} - E_b^{-1/3}) / (tau_b - tau_a) >= 1 (nan where E <= 0 at either end). Exactly 1 on the balanced
+    scalar flow E = u^3, du/dtau = u^2."""
+    out = []
+    for a, b, ea, eb in zip(tau, tau[1:], E, E[1:]):
+        out.append((ea ** (-1 / 3) - eb ** (-1 / 3)) / (b - a) if ea > 0 and eb > 0 and b > a else float("nan"))
+    return out
 
 
 def boundary(steps: list[int], series: list[float], frac: float = 0.5) -> int:

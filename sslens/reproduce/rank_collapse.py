@@ -190,7 +190,8 @@ def stage1_rows(m: dict, run: str) -> list[dict]:
     from sslens.analyses.rank_collapse_report import checks
 
     ids = {"two stages": "cr.stage1.two_stages", "rank collapse": "cr.rank.qk_effective_rank", "A1": "cr.stage1.A1",
-           "A2": "cr.stage1.A2", "condensation": "cr.stage1.condensation", "conservation": "cr.stage1.conservation"}
+           "A2": "cr.stage1.A2", "condensation": "cr.stage1.condensation", "conservation": "cr.stage1.conservation",
+           "energy growth": "cr.stage1.energy_growth"}
     lr = THEORY_LR
     rows = []
     for r in checks(m, lr):
@@ -199,7 +200,7 @@ def stage1_rows(m: dict, run: str) -> list[dict]:
             continue
         rows.append({"id": ids[key], **{k: v for k, v in r.items() if k != "pass"},
                      "pass": "reported" if r["pass"] is None else r["pass"], "regime": "theory regime (tanh)",
-                     "run": run, "step": m["t1"] if key in ("A1", "A2", "condensation", "conservation") else m["steps"][-1]})
+                     "run": run, "step": m["t1"] if key in ("A1", "A2", "condensation", "conservation", "energy growth") else m["steps"][-1]})
     return rows
 
 
