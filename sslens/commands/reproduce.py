@@ -55,8 +55,9 @@ def _wikitext_flags(p: argparse.ArgumentParser) -> None:
                    help="folder with valid.txt and test.txt (WikiText-2, word level); default: $SSLENS_WIKITEXT_DIR, "
                         "else ../shared/data/wikitext-2 next to the checkout, else the shipped slices in tests/data")
     p.add_argument("--steps", type=positive_int, default=150, help="steps of the Fig. 10 / Fig. 7 runs")
-    p.add_argument("--etas", type=float, nargs="+", default=[1.0, 3.0, 5.0], help="SGD learning rates of Fig. 10")
-    p.add_argument("--seeds", type=positive_int, default=2, help="seeds per learning rate")
+    p.add_argument("--etas", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0, 5.0],
+                   help="SGD learning rates of Fig. 10 (the paper's protocol: 1..5)")
+    p.add_argument("--seeds", type=positive_int, default=5, help="seeds per learning rate (the paper's protocol: 5)")
     p.add_argument("--cr-steps", type=positive_int, default=300, help="steps of the [CR] Fig. 3 small-init run")
 
 

@@ -2,12 +2,15 @@
 
 - Fig. 10: a 1-layer standard TransformerLens model (d_model 64, 1 head, d_mlp 256, pre-LN -- TL blocks
   are pre-LN, the tutorial model is post-LN; positions on), vocabulary capped at 2000 words, chunks of
-  35 tokens, batch 32, plain SGD with one rate eta in {1, 3, 5} and gradient clipping 0.25 (as in the
-  PyTorch word-language-model example the paper builds on), 2 seeds, 150 steps (paper: full epochs).
+  35 tokens, batch 32, plain SGD with one rate eta in {1, 2, 3, 4, 5} and gradient clipping 0.25 (as in the
+  PyTorch word-language-model example the paper builds on), 5 seeds (Fig. 10's protocol), 150 steps (paper:
+  full epochs).
   Metric: validation attention entropy -sum_j a_ij log(a_ij + 1e-8), mean over 32 validation chunks and
   query positions.
 - Fig. 7: the probe attention of the largest-eta run and of a 3-layer model at steps 0, 50, 100, 150
-  (circuitsvis, one panel per step).
+  (circuitsvis, one panel per step), and as numbers (``sparsify_then_freeze``, ``OUT/fig7.json``): entropy
+  ratio last/first snapshot (< 1: sparsifies) and the maps' TV change in the last interval / the first
+  (<= 0.5: freezes).
 - [CR] Fig. 3: the small-init model (2 layers, 1 head, GeLU, residuals, no LayerNorm, init std
   d^-1.2) with d_model 32 and d_ff 256 (paper: 64, 800), AdamW lr 1e-3 (paper: 2e-4), batch 64,
   loss on the final token, 300 steps; per-layer rank and condensation from its checkpoints.
@@ -24,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from torch import Tensor
 
 from sslens.analyses.head_metrics import attention_entropy
 from sslens.analyses.report import Report
@@ -44,8 +48,8 @@ class WikitextSettings:
     out: str | Path
     data_dir: str | None = None
     steps: int = 150
-    etas: tuple[float, ...] = (1.0, 3.0, 5.0)
-    seeds: int = 2
+    etas: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0)  # Fig. 10's protocol: eta in {1..5}, 5 seeds
+    seeds: int = 5
     cr_steps: int = 300
     quiet: bool = False
 
@@ -59,6 +63,7 @@ class WikitextResults:
     fig10_rows: list[dict] = field(default_factory=list)
     fig10_pass: bool = False
     fig7: list = field(default_factory=list)  # [(caption, circuitsvis view)]
+    fig7_check: dict | None = None  # sparsify_then_freeze of the 1-layer largest-eta run
     cr_run: Path | None = None
 
 
@@ -108,6 +113,33 @@ def fig10(s: WikitextSettings, files: dict) -> tuple[list[dict], bool]:
         rows.append({"eta": eta, "entropy_mean": float(np.mean(ent)),
                      "entropy_std": float(np.std(ent, ddof=1)) if s.seeds > 1 else float("nan"), "seeds": s.seeds})
     return rows, all(r1["entropy_mean"] > r2["entropy_mean"] for r1, r2 in zip(rows, rows[1:]))
+
+
+FREEZE = 0.5  # Fig. 7 "freezes": the last snapshot interval moves the maps at most half as much as the first
+
+
+def sparsify_then_freeze(patterns: Tensor, steps: list[int]) -> dict:
+    """Fig. 7's reading as numbers, from attention patterns [snapshot, probe, head, q, k] at ``steps``.
+
+    Sparsifies: entropy ratio H(last) / H(first) < 1 (``attention_entropy``, mean over heads). Freezes: the mean
+    TV distance between consecutive snapshots' attention rows, last interval / first interval, <= ``FREEZE``.
+    """
+    H = [attention_entropy(p).mean().item() for p in patterns]
+    tv = [(0.5 * (b - a).abs().sum(-1)).mean().item() for a, b in zip(patterns, patterns[1:])]
+    sparse, freeze = H[-1] / H[0], (tv[-1] / tv[0] if tv[0] > 0 else float("nan"))
+    return {"steps": list(steps), "entropy": H, "tv": tv, "entropy_ratio": sparse, "freeze_ratio": freeze,
+            "sparsifies": bool(sparse < 1), "freezes": bool(freeze <= FREEZE), "pass": bool(sparse < 1 and freeze <= FREEZE)}
+
+
+def fig7_numbers(s: WikitextSettings) -> dict:
+    """:func:`sparsify_then_freeze` of layer 0 of the largest-eta 1-layer run (seed 1) on its recorded probe."""
+    from sslens.hooks.recorder import Recording
+
+    d = Path(s.out) / f"fig10-eta{max(s.etas):g}-s1"
+    rec = Recording(d)
+    steps = [st for st in sorted({0, s.steps // 3, 2 * s.steps // 3, s.steps}) if st in rec.steps]
+    pats = torch.stack([rec.at(st)["blocks.0.pattern"] for st in steps])  # [snapshot, probe, head, q, k]
+    return {"run": d.name, **sparsify_then_freeze(pats, steps)}
 
 
 def fig7(s: WikitextSettings, files: dict) -> list:
@@ -169,6 +201,8 @@ def reproduce(settings: WikitextSettings, write_report: bool = True) -> Wikitext
     res.fig10_rows, res.fig10_pass = fig10(settings, files)
     atomic_write_json(out / "fig10.json", {"rows": res.fig10_rows, "pass": res.fig10_pass})
     res.fig7 = fig7(settings, files)
+    res.fig7_check = fig7_numbers(settings)
+    atomic_write_json(out / "fig7.json", res.fig7_check)
     res.cr_run = cr_fig3(settings, files)
     if write_report:
         path = render(res).save(out / "report.html")
@@ -186,6 +220,11 @@ def render(res: WikitextResults) -> Report:
                                  "seeds": "", "pass": res.fig10_pass}])
     rep.figure(plot_fig10(res.fig10_rows), "Fig. 10 (scaled): mean and sample std over seeds")
     rep.h2("Fig. 7: attention maps over iterations (1 layer and 3 layers)")
+    if res.fig7_check:
+        c = res.fig7_check
+        rep.table([{"run": c["run"], "steps": str(c["steps"]), "entropy H(last)/H(0)": c["entropy_ratio"],
+                    "sparsifies (< 1)": c["sparsifies"], "TV last/first interval": c["freeze_ratio"],
+                    f"freezes (<= {FREEZE})": c["freezes"]}], "Fig. 7 as numbers: sparsifies, then freezes")
     for caption, view in res.fig7:
         rep.circuitsvis(view, caption)
     rep.h2("[CR] Fig. 3: small-init 2-layer model without LayerNorm")
