@@ -28,8 +28,9 @@ def tokenizer_files(out: Path) -> None:
     fast.save_pretrained(out)
 
 
-def hf_model(kind: str, seed: int):
-    """A tiny random ``GPTNeoXForCausalLM`` (``kind="neox"``) or ``GPT2LMHeadModel`` (``kind="gpt2"``)."""
+def hf_model(kind: str, seed: int, **gpt2: int):
+    """A tiny random ``GPTNeoXForCausalLM`` (``kind="neox"``) or ``GPT2LMHeadModel`` (``kind="gpt2"``; ``gpt2``
+    overrides its config, e.g. GPT-2 small's shape for the benchmark)."""
     import transformers
 
     torch.manual_seed(seed)
@@ -39,8 +40,9 @@ def hf_model(kind: str, seed: int):
                                          use_parallel_residual=True, tie_word_embeddings=False,
                                          bos_token_id=61, eos_token_id=61)
         return transformers.GPTNeoXForCausalLM(cfg)
-    cfg = transformers.GPT2Config(vocab_size=len(VOCAB), n_embd=32, n_layer=2, n_head=4, n_positions=32, n_ctx=32,
-                                bos_token_id=61, eos_token_id=61)
+    fields = dict(vocab_size=len(VOCAB), n_embd=32, n_layer=2, n_head=4, n_positions=32, n_ctx=32, bos_token_id=61,
+                  eos_token_id=61)
+    cfg = transformers.GPT2Config(**{**fields, **gpt2})
     return transformers.GPT2LMHeadModel(cfg)
 
 

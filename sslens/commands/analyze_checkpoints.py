@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sslens.argtypes import positive_int
+
 EXAMPLE = """\
 examples:
   sslens analyze-checkpoints runs/cr/anchor --out reports/anchor
@@ -36,6 +38,12 @@ def register(sub) -> None:
                         "indices into TransformerLens's checkpoint list for pretrained:NAME, else into the series' steps")
     p.add_argument("--dedupe", action="store_true",
                    help="analyse each distinct state once (checkpoints with identical tensors: metrics.json duplicates)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="where the checkpoints are analysed: this process, or Ray tasks (chunks of checkpoints; "
+                        "the same numbers as the per-checkpoint path on one thread)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--workers", type=positive_int, default=2, help="Ray: CPUs of a local Ray, chunks in flight / 2")
+    p.add_argument("--max-retries", type=positive_int, default=3, help="Ray: retries of a task whose worker died")
     p.add_argument("--probe", default=None, help="probe token ids: .txt (one sequence per line), .npy, .safetensors "
                                                  "(key 'tokens'), or text with --tokenizer")
     p.add_argument("--tokenizer", default=None, help="local Hugging Face tokenizer directory for a text --probe")
@@ -70,7 +78,8 @@ def run(a: argparse.Namespace) -> int:
     results = []
     for path in a.paths:
         # the weight metrics start in a forked process now, while this one imports TransformerLens (seconds)
-        plain = not (a.checkpoint_indices or a.checkpoints or a.dedupe or path.startswith("pretrained:"))
+        plain = not (a.checkpoint_indices or a.checkpoints or a.dedupe or path.startswith("pretrained:")
+                     or a.backend != "local")
         job = start_weights(path, a.config, probe) if plain else None
         try:
             results.append(_analyze_one(a, path, probe, views, job))
@@ -109,7 +118,10 @@ def _analyze_one(a: argparse.Namespace, path: str, probe, views, job):
                 raise SslensError("task", f"{Path(path) / 'config.json'} has a malformed task ({type(e).__name__}: {e})",
                                   "a config.json written by sslens train") from None
     try:
-        res = analyze_series(s, probe=probe, progress=not a.quiet, views=views, job=job)
+        if a.backend == "ray":
+            res = _ray(a, path, s, probe, views)
+        else:
+            res = analyze_series(s, probe=probe, progress=not a.quiet, views=views, job=job)
         if hashes:
             res.meta["hashes"] = {str(k): v for k, v in sorted(hashes.items())}
             res.meta["duplicates"] = groups
@@ -119,6 +131,18 @@ def _analyze_one(a: argparse.Namespace, path: str, probe, views, job):
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError, RuntimeError) as e:
         raise SslensError("paths", f"{path} could not be analyzed ({type(e).__name__}: {' '.join(str(e).split())[:160]})",
                           "sslens run dirs, dirs of model_<step>.pt, or pretrained:NAME") from None
+
+
+def _ray(a: argparse.Namespace, path: str, s, probe, views):
+    """The per-checkpoint states on Ray (:mod:`sslens.analyses.fanout`), analysed here in step order."""
+    from sslens.analyses.fanout import Opener, ray_source
+    from sslens.analyses.series import analyze_states
+    from sslens.store import RunStore
+
+    task = RunStore(path).read_config()["task"] if getattr(s, "task", None) is not None else None  # the run's probe
+    opener = Opener(path, a.config, tuple(a.checkpoint_indices) if a.checkpoint_indices else None, a.checkpoints, task)
+    src = ray_source(s, opener, probe, workers=a.workers, address=a.address, max_retries=a.max_retries)
+    return analyze_states(src, views=views, progress=not a.quiet)
 
 
 def _integrity(s, dedupe: bool) -> tuple[dict[int, str], list[list[int]]]:
