@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q "$(TL3)"
-	$(PY) -m pip install -q -e ".[test,ray]"
+	$(PY) -m pip install -q -e ".[test,ray,tensorboard,wandb]"
 	$(PY) -c "import importlib.metadata as m; v = m.version('transformer-lens'); assert v.startswith('3.'), v"
 	touch $(STAMP)
 

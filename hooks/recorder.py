@@ -41,7 +41,7 @@ import warnings
 import weakref
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import einops
 import torch
@@ -185,6 +185,10 @@ class CircuitRecorder:
             repeated-tokens probe also ``scores.loss_in_context``, the loss on the repeated half). Default: for
             language models (no ``probe_target``, not one of sslens's task models, whose loss is the task's).
         verbose: print the estimated bytes per recorded step at attach.
+        tensorboard: a log directory: every recorded step's scalars as TensorBoard scalars
+            ``sslens/{metric}/L{layer}H{head}`` (``sslens.hooks.telemetry``; needs ``sslens[tensorboard]``).
+        wandb: a W&B run (``wandb.init(...)``) or project name: the same keys, against ``sslens/step``
+            (needs ``sslens[wandb]``).
         mode: a store that already holds recordings: ``"new"`` (default) refuses it, ``"resume"`` continues its
             run (same model; recordings after ``start_step`` are dropped), ``"overwrite"`` deletes them first
             (``sslens.recording_claim``).
@@ -215,8 +219,13 @@ class CircuitRecorder:
         loss: bool | None = None,
         verbose: bool = True,
         mode: str = "new",
+        tensorboard: str | Path | None = None,
+        wandb: Any = None,
     ):
         require(mode in MODES, "mode", f"got {mode!r}", ", ".join(MODES))
+        from sslens.hooks.telemetry import sinks
+
+        self._sinks = sinks(tensorboard, wandb)  # live telemetry (sslens.hooks.telemetry), checked now
         self.mode = mode
         self.run_id: str | None = None
         cfg = model.cfg
@@ -385,6 +394,12 @@ class CircuitRecorder:
                 self.store.save_recording(step, rec, meta)
         else:
             self.records[step] = rec
+        if self._sinks:
+            from sslens.hooks.telemetry import scalars
+
+            values = scalars(step, rec)
+            for sink in self._sinks:
+                sink.write(step, values)
         return rec
 
     def log(self, step: int | None = None, **scalars: float) -> None:

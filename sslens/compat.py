@@ -153,8 +153,8 @@ def checkpoint_labels(repo: str) -> list[int]:
 def from_pretrained(name: str, checkpoint_index: int, device: str = "cpu") -> Any:
     """Training checkpoint ``checkpoint_index`` of a pretrained model, weights as trained (no processing).
 
-    ``HookedTransformer.from_pretrained`` on 3.x with ``fold_ln``/``center_writing_weights``/``center_unembed``
-    off, ``TransformerBridge.boot_transformers`` on 4.x (raw HF weights): the same weights on both lines.
+    ``HookedTransformer.from_pretrained`` on 3.x with ``fold_ln``/``center_writing_weights``/``center_unembed``/
+    ``fold_value_biases`` off, ``TransformerBridge.boot_transformers`` on 4.x (raw HF weights): the same weights on both lines.
     """
     if TL_MAJOR < 4:
         from transformer_lens import HookedTransformer
@@ -162,7 +162,8 @@ def from_pretrained(name: str, checkpoint_index: int, device: str = "cpu") -> An
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             return HookedTransformer.from_pretrained(name, checkpoint_index=checkpoint_index, device=device, fold_ln=False,
-                                                     center_writing_weights=False, center_unembed=False)
+                                                     center_writing_weights=False, center_unembed=False,
+                                                     fold_value_biases=False)
     from transformer_lens.model_bridge import TransformerBridge
 
     return TransformerBridge.boot_transformers(official_model_name(name), checkpoint_index=checkpoint_index, device=device)

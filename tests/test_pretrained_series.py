@@ -83,6 +83,11 @@ def test_pythia_series_loads_offline_with_the_saved_weights(offline):
                                    "(n three h) m -> three n m h", n=4, three=3)
             for i, w in enumerate(("W_Q", "W_K", "W_V")):
                 torch.testing.assert_close(p[f"blocks.{l}.attn.{w}"], qkv[i], rtol=0, atol=0)
+            b = einops.rearrange(saved[f"gpt_neox.layers.{l}.attention.query_key_value.bias"], "(n three h) -> three n h",
+                                 n=4, three=3)
+            torch.testing.assert_close(p[f"blocks.{l}.attn.b_V"], b[2], rtol=0, atol=0)  # value biases not folded
+            torch.testing.assert_close(p[f"blocks.{l}.attn.b_O"], saved[f"gpt_neox.layers.{l}.attention.dense.bias"],
+                                       rtol=0, atol=0)
             torch.testing.assert_close(p[f"blocks.{l}.mlp.W_in"], saved[f"gpt_neox.layers.{l}.mlp.dense_h_to_4h.weight"].T,
                                        rtol=0, atol=0)
     assert s.tensors(2).keys() == saved.keys()

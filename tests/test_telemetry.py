@@ -1,0 +1,124 @@
+"""Live telemetry (sslens.hooks.telemetry): a plain training loop with CircuitRecorder(..., tensorboard=DIR,
+wandb=RUN); TensorBoard's own EventAccumulator and the W&B offline run file read back from disk hold, at every
+recorded step, exactly the rows Recording(...).to_pandas() gives (to 1e-5) under sslens/{metric}/L{layer}H{head};
+without the package, one line names the extra."""
+
+import json
+import math
+import struct
+import sys
+
+import pytest
+import torch
+
+from sslens import compat
+from sslens.errors import SslensError
+from sslens.hooks import CircuitRecorder
+from sslens.hooks.recorder import Recording
+from sslens.hooks.telemetry import tag
+
+FIELDS = dict(n_layers=2, d_model=16, d_head=8, n_heads=2, d_mlp=32, d_vocab=24, n_ctx=8, act_fn="gelu",
+              normalization_type="LN", device="cpu", seed=0)
+STEPS = [0, 1, 2, 4, 8]
+
+
+def train_with(tmp_path, **telemetry) -> Recording:
+    """8 AdamW steps of next-token prediction on random sequences, recorded at STEPS."""
+    model = compat.build_from_config(FIELDS)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    rec = CircuitRecorder(model, store=tmp_path / "rec", schedule=STEPS, verbose=False, **telemetry).attach(opt)
+    for _ in range(8):
+        tokens = torch.randint(0, 24, (8, 8), generator=g)
+        loss = model(tokens, return_type="loss")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    rec.detach()
+    return Recording(tmp_path / "rec")
+
+
+def expected(recording: Recording) -> dict[str, dict[int, float]]:
+    """tag -> {step: value} from Recording.to_pandas()."""
+    out: dict[str, dict[int, float]] = {}
+    for r in recording.to_pandas().itertuples():
+        out.setdefault(tag(r.metric, r.layer, r.head), {})[int(r.step)] = r.value
+    return out
+
+
+def assert_same(got: dict[str, dict[int, float]], want: dict[str, dict[int, float]]) -> None:
+    assert set(got) == set(want)
+    for k, by_step in want.items():
+        assert set(got[k]) == set(by_step) == set(STEPS), k
+        for s, v in by_step.items():
+            assert (math.isnan(v) and math.isnan(got[k][s])) or got[k][s] == pytest.approx(v, rel=1e-5, abs=1e-5), (k, s)
+
+
+def test_tensorboard_event_files_equal_the_recording(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recording = train_with(tmp_path, tensorboard=tmp_path / "tb")
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    got = {k: {e.step: e.value for e in acc.Scalars(k)} for k in acc.Tags()["scalars"]}
+    want = expected(recording)
+    assert {"sslens/entropy/L0H0", "sslens/entropy/L1H1", "sslens/QK.sv1/L0H0"} <= set(got)
+    assert_same(got, want)
+    ent = recording.to_pandas().query("metric == 'entropy' and layer == 0 and head == 0")
+    assert [e.value for e in acc.Scalars("sslens/entropy/L0H0")] == pytest.approx(ent["value"].tolist(), abs=1e-5)
+
+
+def wandb_history(run_dir) -> list[dict]:
+    """The history rows of an offline W&B run, read from its ``run-*.wandb`` file (LevelDB-style log of
+    ``wandb_internal_pb2.Record``: 32 KiB blocks, 7-byte record headers, after a 7-byte file header)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = run_dir.glob("run-*.wandb")
+    data, pos, buf, rows = path.read_bytes(), 7, b"", []
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:
+            pos += left
+            continue
+        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:
+            pos += left
+            continue
+        buf = data[pos + 7:pos + 7 + n] if kind in (1, 2) else buf + data[pos + 7:pos + 7 + n]
+        pos += 7 + n
+        if kind in (1, 4):
+            r = pb.Record()
+            r.ParseFromString(buf)
+            if r.WhichOneof("record_type") == "history":
+                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
+    return rows
+
+
+def test_wandb_offline_history_equals_the_recording(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = wandb.init(mode="offline", dir=str(tmp_path), project="sslens-test", settings=wandb.Settings(silent=True))
+    try:
+        recording = train_with(tmp_path, wandb=run)
+    finally:
+        run.finish()
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    rows = wandb_history(run_dir)
+    got: dict[str, dict[int, float]] = {}
+    for row in rows:
+        for k, v in row.items():
+            if k.startswith("sslens/") and k != "sslens/step":
+                got.setdefault(k, {})[row["sslens/step"]] = float("nan") if v in ("NaN", None) else float(v)
+    assert [r["sslens/step"] for r in rows] == STEPS
+    assert_same(got, expected(recording))
+
+
+def test_missing_package_is_one_line_naming_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
+    model = compat.build_from_config(FIELDS)
+    with pytest.raises(SslensError) as e:
+        CircuitRecorder(model, store=None, tensorboard=tmp_path / "tb")
+    assert str(e.value) == "tensorboard: tensorboard is not installed; allowed: pip install 'sslens[tensorboard]'"
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(SslensError, match=r"^wandb: wandb is not installed; allowed: pip install 'sslens\[wandb\]'$"):
+        CircuitRecorder(model, store=None, wandb="project")
