@@ -55,6 +55,7 @@ def assert_same(got: dict[str, dict[int, float]], want: dict[str, dict[int, floa
 
 
 def test_tensorboard_event_files_equal_the_recording(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed: pip install 'sslens[tensorboard]' (make test installs it)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     recording = train_with(tmp_path, tensorboard=tmp_path / "tb")
@@ -95,7 +96,7 @@ def wandb_history(run_dir) -> list[dict]:
 
 
 def test_wandb_offline_history_equals_the_recording(tmp_path, monkeypatch):
-    wandb = pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb", reason="wandb is not installed: pip install 'sslens[wandb]' (make test installs it)")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = wandb.init(mode="offline", dir=str(tmp_path), project="sslens-test", settings=wandb.Settings(silent=True))
     try:
