@@ -343,8 +343,17 @@ def _pretrained(name: str, indices: list[int] | None, spec: str | None = None) -
     def tensors(step: int) -> dict[str, torch.Tensor]:
         return pt.read_tensors(pt.weights_file(repo, revs[step]))
 
+    def load_into(step: int, model: HookedTransformer | None = None) -> HookedTransformer:
+        """One checkpoint resident at a time: the previous model's tensors are released before the next loads
+        (the caller still holds that model object while this one loads)."""
+        if model is not None:
+            with torch.no_grad():
+                for t in [*model.parameters(), *model.buffers()]:
+                    t.data = torch.empty(0, dtype=t.dtype)
+        return load(step)
+
     # steps are the checkpoint labels (training steps), so reports and --steps speak steps
-    return Series(name, sorted(index), load, tensors=tensors, notes=[f"{repo}: checkpoint indices {_ranges(indices)}"])
+    return Series(name, sorted(index), load, load_into, tensors=tensors, notes=[f"{repo}: checkpoint indices {_ranges(indices)}"])
 
 
 def _ranges(xs: list[int]) -> str:
