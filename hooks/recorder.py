@@ -417,6 +417,11 @@ class CircuitRecorder:
         if self.store is not None:
             self.store.path.joinpath("recordings").mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.store.path / LOG_FILE, {str(k): v for k, v in sorted(self.logged.items())})
+        if self._sinks:
+            from sslens.hooks.telemetry import tag
+
+            for sink in self._sinks:
+                sink.write(step, {tag(k): row[k] for k in scalars})
 
     def _after_step(self, optimizer, args, kwargs) -> None:
         self.step += 1

@@ -34,6 +34,7 @@ def train_with(tmp_path, **telemetry) -> Recording:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        rec.log(train_loss=loss.item())  # the user's own scalar, at every step
     rec.detach()
     return Recording(tmp_path / "rec")
 
@@ -49,7 +50,7 @@ def expected(recording: Recording) -> dict[str, dict[int, float]]:
 def assert_same(got: dict[str, dict[int, float]], want: dict[str, dict[int, float]]) -> None:
     assert set(got) == set(want)
     for k, by_step in want.items():
-        assert set(got[k]) == set(by_step) == set(STEPS), k
+        assert set(got[k]) == set(by_step) == (set(range(1, 9)) if k == "sslens/train_loss" else set(STEPS)), k
         for s, v in by_step.items():
             assert (math.isnan(v) and math.isnan(got[k][s])) or got[k][s] == pytest.approx(v, rel=1e-5, abs=1e-5), (k, s)
 
@@ -63,10 +64,14 @@ def test_tensorboard_event_files_equal_the_recording(tmp_path):
     acc.Reload()
     got = {k: {e.step: e.value for e in acc.Scalars(k)} for k in acc.Tags()["scalars"]}
     want = expected(recording)
-    assert {"sslens/entropy/L0H0", "sslens/entropy/L1H1", "sslens/QK.sv1/L0H0"} <= set(got)
+    assert {"sslens/loss", "sslens/entropy/L0H0", "sslens/entropy/L1H1", "sslens/QK.sv1/L0H0", "sslens/induction/L1H0",
+            "sslens/train_loss"} <= set(got)
     assert_same(got, want)
-    ent = recording.to_pandas().query("metric == 'entropy' and layer == 0 and head == 0")
-    assert [e.value for e in acc.Scalars("sslens/entropy/L0H0")] == pytest.approx(ent["value"].tolist(), abs=1e-5)
+    df = recording.to_pandas()
+    for key, rows in [("sslens/loss", df[df["metric"] == "loss"]),
+                      ("sslens/entropy/L0H0", df[(df["metric"] == "entropy") & (df["layer"] == 0) & (df["head"] == 0)])]:
+        assert [e.step for e in acc.Scalars(key)] == rows["step"].tolist() == STEPS
+        assert [e.value for e in acc.Scalars(key)] == pytest.approx(rows["value"].tolist(), rel=1e-5, abs=1e-5)
 
 
 def wandb_history(run_dir) -> list[dict]:
@@ -103,6 +108,7 @@ def test_wandb_offline_history_equals_the_recording(tmp_path, monkeypatch):
         recording = train_with(tmp_path, wandb=run)
     finally:
         run.finish()
+        wandb.teardown()  # the service process writes the run file; it has flushed when it is gone
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     rows = wandb_history(run_dir)
     got: dict[str, dict[int, float]] = {}
@@ -110,7 +116,7 @@ def test_wandb_offline_history_equals_the_recording(tmp_path, monkeypatch):
         for k, v in row.items():
             if k.startswith("sslens/") and k != "sslens/step":
                 got.setdefault(k, {})[row["sslens/step"]] = float("nan") if v in ("NaN", None) else float(v)
-    assert [r["sslens/step"] for r in rows] == STEPS
+    assert sorted({r["sslens/step"] for r in rows if "sslens/loss" in r}) == STEPS
     assert_same(got, expected(recording))
 
 
