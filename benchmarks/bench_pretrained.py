@@ -1,11 +1,15 @@
-"""Peak memory of ``sslens analyze-checkpoints pretrained:NAME`` over a GPT-2-small-shaped checkpoint series.
+"""Peak memory of a pretrained checkpoint series read offline: ``pretrained:NAME`` over a GPT-2-small-shaped series.
 
 A random GPT-2 small (124M parameters: d_model 768, 12 layers x 12 heads, d_vocab 50257, n_ctx 1024) saved as 10
 revisions ``checkpoint-N`` of ``stanford-crfm/alias-gpt2-small-x21`` in a hub cache under a temporary HF_HOME
 (the layout huggingface_hub writes: refs, snapshots, blobs; each revision's weights drift from the first), so
-nothing is downloaded. The CLI runs as a subprocess with ``HF_HUB_OFFLINE=1`` over 1 and over all 10 checkpoints;
-its peak RSS (``ru_maxrss`` of that process) shows whether checkpoints accumulate: one checkpoint is resident at
-a time, so the 10-checkpoint run peaks where the 1-checkpoint run does."""
+nothing is downloaded. In a subprocess with ``HF_HUB_OFFLINE=1`` (peak RSS = its ``ru_maxrss``):
+
+- the series as the analysis reads it (``open_series`` + ``load_into`` through TransformerLens's
+  ``from_pretrained(checkpoint_index=i)``, and the content hash of each checkpoint) over 1 and over all 10
+  checkpoints: one checkpoint is resident at a time, so 10 peak where 1 does;
+- ``sslens analyze-checkpoints`` end to end over 1 checkpoint (the analysis and report of a 144-head model).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,16 @@ import torch
 QUICK = os.environ.get("SSLENS_BENCH_QUICK") == "1"
 REPO = "stanford-crfm/alias-gpt2-small-x21"  # TransformerLens alias stanford-gpt2-small-a
 GPT2_SMALL = dict(vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_positions=1024, n_ctx=1024)
+LOOP = """
+import sys
+from sslens.checkpoints import open_series
+from sslens.integrity import state_hash
+s = open_series("pretrained:stanford-gpt2-small-a", checkpoints=sys.argv[1])
+model = None
+for step in s.steps:
+    model = s.load_into(step, model)
+    state_hash(s.tensors(step))
+"""
 WRAP = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
         "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
 
@@ -48,13 +62,12 @@ def make_cache(cache: Path, tmp: Path, n: int) -> list[int]:
     return steps
 
 
-def peak(hf_home: Path, out: Path, spec: str) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MiB) of the CLI over ``spec``."""
+def peak(hf_home: Path, *cmd: str) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MiB) of ``python cmd...`` with the hub cache ``hf_home``, offline."""
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     t = time.perf_counter()
-    res = subprocess.run([sys.executable, "-c", WRAP, sys.executable, "-m", "sslens.cli", "analyze-checkpoints",
-                          "pretrained:stanford-gpt2-small-a", "--checkpoints", spec, "--out", str(out), "--quiet"],
-                         env=env, capture_output=True, text=True, check=True)
+    res = subprocess.run([sys.executable, "-c", WRAP, sys.executable, *cmd], env=env, capture_output=True, text=True,
+                         check=True)
     rc, kib = res.stdout.split()
     assert rc == "0", f"exit {rc}: {res.stderr[-2000:]}"
     return time.perf_counter() - t, int(kib) / 1024
@@ -69,14 +82,17 @@ def main() -> None:
             make_cache(tmp / "hf" / "hub", tmp, n)
         blobs = list((tmp / "hf" / "hub" / ("models--" + REPO.replace("/", "--")) / "blobs").iterdir())
         size = max(b.stat().st_size for b in blobs) / 2**20
-        print(f"wrote {n} GPT-2-small-shaped checkpoints ({size:.0f} MiB of safetensors each) to a hub cache in "
-              f"{time.perf_counter() - t:.1f} s")
-        runs = [("0", 1)] + ([] if QUICK else [(f"0-{n - 1}", n)])
-        for spec, k in runs:
-            w, rss = peak(tmp / "hf", tmp / f"out{k}", spec)
-            print(f"analyze-checkpoints pretrained:stanford-gpt2-small-a --checkpoints {spec} ({k} checkpoint"
-                  f"{'s' if k > 1 else ''}): peak RSS {rss:.0f} MiB ({rss / size:.1f}x one checkpoint's file), "
-                  f"{w:.1f} s wall ({w / k:.1f} s per checkpoint)")
+        print(f"hub cache of {n} GPT-2-small-shaped checkpoints ({size:.0f} MiB of safetensors each), "
+              f"{time.perf_counter() - t:.1f} s to write")
+        for spec, k in [("0", 1), (f"0-{n - 1}", n)]:
+            w, rss = peak(tmp / "hf", "-c", LOOP, spec)
+            print(f"series read (open_series + load_into + content hash) over {k} checkpoint{'s' if k > 1 else ''}: "
+                  f"peak RSS {rss:.0f} MiB ({rss / size:.1f}x one checkpoint's file), {w:.1f} s wall")
+        if not QUICK:
+            w, rss = peak(tmp / "hf", "-m", "sslens.cli", "analyze-checkpoints", "pretrained:stanford-gpt2-small-a",
+                          "--checkpoints", "0", "--out", str(tmp / "out1"), "--quiet")
+            print(f"analyze-checkpoints pretrained:stanford-gpt2-small-a --checkpoints 0 (1 checkpoint, end to end): "
+                  f"peak RSS {rss:.0f} MiB, {w:.1f} s wall")
 
 
 if __name__ == "__main__":
