@@ -1,6 +1,7 @@
 """Run every ``benchmarks/bench_*.py`` module's ``main()`` in turn (``make bench``): bench_analyze
-(analyze-checkpoints over 1000 state dicts, --help times), bench_recorder (recorder bytes per step and overhead),
-bench_sweep, bench_train. ``python -m benchmarks bench_recorder`` runs one."""
+(analyze-checkpoints over 1000 state dicts, --help times), bench_analyze_threads (analyze_recording at its own
+thread count against torch's default), bench_recorder (recorder bytes per step and overhead), bench_sweep,
+bench_train. ``python -m benchmarks bench_recorder`` runs one. Dated results: docs/benchmarks.md."""
 
 import importlib
 import pkgutil
