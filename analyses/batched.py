@@ -392,7 +392,7 @@ def start_weights(path: str, config: str | None = None, probe: Tensor | None = N
                 or any(k in fields for k in _SSLENS_KEYS) or not isinstance(fields.get("n_ctx"), int):
             return None
         by_step, _ = state_dict_files(p)
-    except (SslensError, OSError, ValueError):
+    except (SslensError, OSError, ValueError, RecursionError):
         return None
     probe_shape = (probe.shape[0], min(probe.shape[1], fields["n_ctx"])) if probe is not None else None
     return WeightsJob([by_step[s] for s in sorted(by_step)], sorted(by_step), probe_shape, fields["n_ctx"], p.name)

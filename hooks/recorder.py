@@ -595,7 +595,7 @@ class Recording:
 
     @property
     def steps(self) -> list[int]:
-        return sorted(self._mem) if self._mem is not None else self.store.recording_steps()
+        return sorted(self._mem) if self._mem is not None else self.store.readable_recording_steps()
 
     def _path(self, step: int) -> Path:
         return self.store.path / "recordings" / step_file(step)

@@ -6,7 +6,7 @@ import argparse
 import math
 from typing import Callable
 
-from sslens.constants import SEED_MAX
+from sslens.constants import SEED_MAX, STEPS_MAX
 
 
 def _value(s: str, cast: Callable, ok: Callable, kind: str, allowed: str):
@@ -31,8 +31,13 @@ def unit_float(s: str) -> float:
 
 
 def positive_int(s: str) -> int:
-    """An int >= 1."""
-    return _value(s, int, lambda v: v >= 1, "an integer", "an int >= 1")
+    """An int in 1 .. 2**63-1 (torch's int64)."""
+    return _value(s, int, lambda v: 1 <= v <= SEED_MAX, "an integer", "an int in 1 .. 2**63-1")
+
+
+def step_count(s: str) -> int:
+    """A number of optimizer steps: 1 .. STEPS_MAX (run files are named by 8-digit steps)."""
+    return _value(s, int, lambda v: 1 <= v <= STEPS_MAX, "an integer", f"an int in 1 .. {STEPS_MAX}")
 
 
 def min2_int(s: str) -> int:

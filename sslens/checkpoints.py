@@ -66,6 +66,9 @@ class Series:
             self.load_into = lambda i, model=None: self.load(i)
 
 
+_INT_FIELDS = ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "d_vocab", "d_vocab_out", "n_ctx", "n_key_value_heads")
+
+
 def _dtype(v):
     if isinstance(v, str):
         name = v.split(".")[-1]
@@ -85,6 +88,10 @@ def config_fields(fields: dict, where: str = "config") -> dict:
                           "HookedTransformer rebuilt from it would lack their hooks, refused",
                           "the directory's own config.json written by sslens.checkpoints.save_config")
     fields = dict(fields)
+    for k in _INT_FIELDS:  # JSON true is a Python int: n_layers=true would build a 1-layer model, then fail later
+        v = fields.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not -1 <= v <= 2**31):
+            raise SslensError("config", f"{where}: {k} = {json.dumps(v)[:40]}", f"{k}: an int in -1 .. 2**31 (-1: unset)")
     if "dtype" in fields:
         fields["dtype"] = _dtype(fields["dtype"])
     # rebuilt on one CPU: a config written on GPUs (device "cuda:0", n_devices 2) is read as such
@@ -100,8 +107,9 @@ def _read_json(p: Path) -> dict:
     require(p.is_file(), "config", f"no such file {p}", "a JSON file of HookedTransformerConfig fields")
     try:
         fields = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise SslensError("config", f"{p} is not JSON ({e.msg})", "a JSON object of HookedTransformerConfig fields") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError (bytes FF FE), nesting past the limit
+        raise SslensError("config", f"{p} is not JSON ({getattr(e, 'msg', None) or type(e).__name__})",
+                          "a JSON object of HookedTransformerConfig fields") from None
     require(isinstance(fields, dict), "config", f"{p} is not a JSON object", "a JSON object of HookedTransformerConfig fields")
     return fields
 
@@ -367,6 +375,15 @@ def _ranges(xs: list[int]) -> str:
     return ", ".join(out)
 
 
+def _text(p: Path) -> str:
+    """A probe text file as UTF-8 (one line naming the first bad byte otherwise)."""
+    try:
+        return p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SslensError("probe", f"{p.name} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})",
+                          "UTF-8 text: token ids, or text with --tokenizer DIR") from None
+
+
 def load_probe(path: str | Path, tokenizer: str | Path | None = None) -> torch.Tensor:
     """Probe token ids ``[probe, pos]`` from a file: ``.npy``; ``.safetensors`` (key ``tokens``); ``.txt`` of
     whitespace-separated ids, one sequence per line; or any text file with ``tokenizer`` (a local Hugging Face
@@ -381,7 +398,7 @@ def load_probe(path: str | Path, tokenizer: str | Path | None = None) -> torch.T
         except Exception as e:  # noqa: BLE001 - any loader failure is one line
             raise SslensError("tokenizer", f"cannot load a tokenizer from {tokenizer} ({type(e).__name__})",
                               "a local directory holding a Hugging Face tokenizer") from None
-        rows = [tok(line, add_special_tokens=False)["input_ids"] for line in p.read_text().splitlines() if line.strip()]
+        rows = [tok(line, add_special_tokens=False)["input_ids"] for line in _text(p).splitlines() if line.strip()]
     elif p.suffix == ".npy":
         import numpy as np
 
@@ -404,7 +421,7 @@ def load_probe(path: str | Path, tokenizer: str | Path | None = None) -> torch.T
         rows = t.reshape(-1, t.shape[-1]).tolist()
     else:
         rows = []
-        for i, line in enumerate(p.read_text().splitlines(), 1):
+        for i, line in enumerate(_text(p).splitlines(), 1):
             if line.strip():
                 try:
                     rows.append([int(x) for x in line.split()])
@@ -414,6 +431,9 @@ def load_probe(path: str | Path, tokenizer: str | Path | None = None) -> torch.T
     require(bool(rows) and min(len(r) for r in rows) >= 2, "probe", f"{p.name} holds no sequence of >= 2 tokens",
             "one or more sequences of token ids")
     n = min(len(r) for r in rows)
-    out = torch.tensor([r[:n] for r in rows], dtype=torch.long)
+    try:
+        out = torch.tensor([r[:n] for r in rows], dtype=torch.long)
+    except (OverflowError, ValueError, RuntimeError):  # an id beyond int64
+        raise SslensError("probe", f"{p.name} has a token id beyond int64", "ids in [0, d_vocab)") from None
     require(int(out.min()) >= 0, "probe", f"{p.name} has negative token ids", "ids in [0, d_vocab)")
     return out

@@ -14,6 +14,7 @@ Y_PARAM = "unembed.W_U"  #: Y (decoder) of the Y/Z model; rate eta_Y
 PROBE_SEED_OFFSET = 7_654_321
 #: torch.Generator.manual_seed takes 64 bits (the probe seed adds PROBE_SEED_OFFSET)
 SEED_MAX = 2**63 - 1
+STEPS_MAX = 99_999_999  # step_XXXXXXXX.safetensors names hold 8 digits
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "warmup_cosine")

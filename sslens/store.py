@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import tempfile
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -35,6 +36,7 @@ from sslens.lock import run_lock
 FILE_MODE = 0o644  # mkstemp creates 0600; run files are meant to be shared and read
 _STEP_RE = re.compile(r"step_(\d{8})\.safetensors$")
 _FSYNC: ContextVar[bool] = ContextVar("sslens_fsync", default=True)
+_HEADER_OK: dict[tuple, str | None] = {}  # (recording file, size, mtime) -> None (readable) or why not
 
 
 @contextmanager
@@ -104,7 +106,12 @@ def atomic_save_tensors(
     os.chmod(tmp, FILE_MODE)
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(tensors, tmp, metadata={"sslens": json.dumps(metadata or {})})
+        try:
+            save_file(tensors, tmp, metadata={"sslens": json.dumps(metadata or {})})
+        except SafetensorError as e:  # ENOSPC / EFBIG come back as SafetensorError: one line, earlier files kept
+            why = re.search(r'message: "([^"]+)"', str(e))
+            raise SslensError("disk", f"cannot write {path} ({why.group(1) if why else str(e).splitlines()[0][:120]})",
+                              "free space on its disk (the files written before it are kept)") from None
         os.chmod(tmp, FILE_MODE)  # save_file re-creates the file with the umask's mode (0600 under umask 077)
         if fsync and _FSYNC.get():
             with open(tmp, "rb") as f:
@@ -131,7 +138,7 @@ def load_tensors(path: Path, keys: Iterable[str] | None = None) -> tuple[dict[st
                     raise SslensError("checkpoint", f"{path} has no tensor {missing[0]!r}", "a key of the file")
                 return {k: f.get_tensor(k) for k in keys}, meta
         return load_file(str(path)), meta
-    except (OSError, ValueError, RuntimeError, SafetensorError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError, RecursionError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SslensError("checkpoint", f"{path} is not a readable safetensors file ({first})", "a complete .safetensors file") from None
 
@@ -329,6 +336,31 @@ class RunStore:
     def load_recording(self, step: int) -> dict[str, Tensor]:
         return load_tensors(self.path / "recordings" / step_file(step))[0]
 
+    def readable_recording_steps(self) -> list[int]:
+        """``recording_steps`` whose safetensors header parses (offsets within the file); each unreadable one is
+        skipped with a one-line note on stderr (once per file and process), as ``--resume`` skips a bad checkpoint."""
+        out = []
+        for step in self.recording_steps():
+            p = self.path / "recordings" / step_file(step)
+            try:
+                st = p.stat()
+                key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+            except OSError:
+                continue
+            why = _HEADER_OK.get(key, "")
+            if why == "":
+                try:
+                    with safe_open(str(p), framework="pt") as f:
+                        json.loads((f.metadata() or {}).get("sslens", "{}"))
+                    why = None
+                except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+                    why = (str(e).splitlines() or [type(e).__name__])[0][:120]
+                    print(f"sslens: recording at step {step} is unreadable ({why}); skipped: {p}", file=sys.stderr)
+                _HEADER_OK[key] = why
+            if why is None:
+                out.append(step)
+        return out
+
     # -- metrics --------------------------------------------------------------------------
     @property
     def metrics_path(self) -> Path:
@@ -357,14 +389,14 @@ class RunStore:
             rows = json.loads("[" + ",".join(lines) + "]")
             if all(isinstance(r, dict) for r in rows):
                 return rows
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             pass
         out = []
         for line in lines:
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
-                break  # torn tail of a killed run
+            except (json.JSONDecodeError, RecursionError):
+                break  # torn tail of a killed run (or a line nested past Python's recursion limit)
             if not isinstance(row, dict):
                 break
             out.append(row)
@@ -397,7 +429,7 @@ class RunStore:
             cfg = json.loads(self.config_path.read_text()) if self.config_path.is_file() else {}
             step = cfg.get("diverged_at") if isinstance(cfg, dict) else None
             return int(step) if step is not None else None
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return None
 
     def status(self) -> dict:

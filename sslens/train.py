@@ -21,7 +21,7 @@ import torch
 
 from sslens import compat
 from sslens.configs import build_model, build_task, model_config, task_config
-from sslens.constants import LR_SCHEDULES, OPTIMIZERS, PROBE_SEED_OFFSET, SEED_MAX
+from sslens.constants import LR_SCHEDULES, OPTIMIZERS, PROBE_SEED_OFFSET, SEED_MAX, STEPS_MAX
 from sslens.errors import SslensError, TrainingDiverged, choice, require
 from sslens.losses import get_loss
 from sslens.memory import available_memory, check_memory, estimate_bytes  # noqa: F401 -- re-exported
@@ -62,7 +62,8 @@ class TrainConfig:
     probe_batch: int = 8
 
     def __post_init__(self):
-        require(isinstance(self.steps, int) and self.steps >= 1, "steps", f"got {self.steps!r}", "an int >= 1")
+        require(isinstance(self.steps, int) and 1 <= self.steps <= STEPS_MAX, "steps", f"got {self.steps!r}",
+                f"an int in 1 .. {STEPS_MAX}")
         require(isinstance(self.batch, int) and self.batch >= 1, "batch", f"got {self.batch!r}", "an int >= 1")
         choice(self.optimizer, "optimizer", OPTIMIZERS)
         choice(self.lr_schedule, "lr_schedule", LR_SCHEDULES)

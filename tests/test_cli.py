@@ -34,7 +34,7 @@ def test_help_on_every_verb(capsys):
         (["train", "scan-snap", "--out", "x", "--momentum", "1"], "argument --momentum: '1'; allowed: 0 <= x < 1"),
         (["train", "scan-snap", "--out", "x", "--preset", "syn-huge"], "argument --preset: invalid choice"),
         (["train", "scan-snap", "--out", "x", "--seq-len", "1"], "argument --seq-len: '1'; allowed: an int >= 2"),
-        (["train", "scan-snap", "--out", "x", "--steps", "ten"], "argument --steps: 'ten' is not an integer; allowed: an int >= 1"),
+        (["train", "scan-snap", "--out", "x", "--steps", "ten"], "argument --steps: 'ten' is not an integer; allowed: an int in 1 .. 99999999"),
         (["train", "scan-snap"], "the following arguments are required: --out"),
     ],
 )

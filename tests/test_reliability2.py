@@ -52,3 +52,142 @@ def test_out_accepts_new_empty_and_run_directories(tmp_path):
         assert check_out_path(p, kind="run") == p
     with pytest.raises(SslensError, match=r"not an sslens run \(it holds '(empty|run)'\)"):
         check_out_path(tmp_path, kind="run")
+
+
+# ----- item 5: disk full (RLIMIT_FSIZE in a subprocess: writes past the limit fail with EFBIG, like ENOSPC) ---
+FULL = """
+import resource, signal, sys, warnings
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write() instead of the default kill
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from sslens.cli import main
+from sslens.errors import SslensError
+from sslens.hooks import CircuitRecorder
+warnings.simplefilter("ignore")
+limit = lambda n: resource.setrlimit(resource.RLIMIT_FSIZE, (n, resource.RLIM_INFINITY))
+limit(20000)  # config.json fits, the first recording or checkpoint does not
+print("train exit", main(["train", "scan-snap", "--steps", "3", "--batch", "4", "--quiet", "--out", sys.argv[1] + "/run"]))
+limit(resource.RLIM_INFINITY)
+model = HookedTransformer(HookedTransformerConfig(n_layers=1, d_model=16, d_head=8, n_heads=2, d_vocab=20, n_ctx=8,
+                                                  attn_only=True, device="cpu"))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+rec = CircuitRecorder(model, store=sys.argv[1] + "/rec", schedule=range(100), verbose=False).attach(opt)
+def step():
+    loss = model(torch.randint(0, 20, (2, 8)), return_type="loss")
+    opt.zero_grad(); loss.backward(); opt.step()
+for _ in range(3):
+    step()
+limit(1000)  # the disk is full from here, inside the user's opt.step()
+try:
+    step()
+except SslensError as e:
+    print(e)
+"""
+
+
+def test_disk_full_in_train_and_inside_opt_step_one_line_earlier_steps_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from sslens.hooks import Recording
+
+    r = subprocess.run([sys.executable, "-c", FULL, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("train exit 2\n") and r.stdout.count("\n") == 2, r.stdout
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "sslens train: error: disk: cannot write" in r.stderr and "File too large" in r.stderr
+    line = r.stdout.splitlines()[1]  # the user's loop: one line naming the step file
+    assert line.startswith("disk: cannot write ") and "step_00000004.safetensors" in line and "File too large" in line
+    assert "allowed: free space" in line
+    rec = Recording(tmp_path / "rec")
+    assert rec.steps == [0, 1, 2, 3] and rec.get("blocks.0.attn.W_Q").shape == (4, 2, 16, 8)
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+# ----- item 5: the other tracebacks ---------------------------------------------------------------------
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("bad,needle", [(b"\xff\xfe{}", "UnicodeDecodeError"), (DEEP.encode(), "RecursionError"),
+                                        (None, "n_layers = true")])
+def test_analyze_checkpoints_bad_config_one_line(tmp_path, capsys, bad, needle):
+    import shutil
+    from pathlib import Path
+
+    d = tmp_path / "ckpts"
+    shutil.copytree(Path(__file__).parent / "data" / "tl3_ckpts", d)
+    if bad is None:
+        cfg = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**cfg, "n_layers": True}))
+    else:
+        (d / "config.json").write_bytes(bad)
+    assert main(["analyze-checkpoints", str(d), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    one_line(capsys, "config:", needle)
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_metrics_line_nested_past_the_recursion_limit_is_a_torn_tail(tmp_path):
+    from sslens.store import RunStore
+
+    store = RunStore(tmp_path)
+    store.write_metrics([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}])
+    with open(store.metrics_path, "a") as f:
+        f.write('{"a": ' + DEEP + "}\n")
+    assert store.read_metrics() == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+
+
+def test_lying_safetensors_header_skipped_with_a_note(tmp_path, capsys):
+    import struct
+
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from sslens.hooks import CircuitRecorder, Recording
+
+    model = HookedTransformer(HookedTransformerConfig(n_layers=1, d_model=8, d_head=4, n_heads=2, d_vocab=10, n_ctx=6,
+                                                      attn_only=True, device="cpu"))
+    rec = CircuitRecorder(model, store=tmp_path / "r", schedule=[], verbose=False)
+    for s in range(3):
+        rec.record(s)
+    p = tmp_path / "r" / "recordings" / "step_00000000.safetensors"
+    b = p.read_bytes()
+    n = struct.unpack("<Q", b[:8])[0]
+    header = json.loads(b[8:8 + n])
+    key = next(k for k in header if k != "__metadata__")
+    header[key]["data_offsets"][1] += 10**9  # the header claims bytes the file does not have
+    hb = json.dumps(header).encode()
+    hb += b" " * (-len(hb) % 8)
+    p.write_bytes(struct.pack("<Q", len(hb)) + hb + b[8 + n:])
+    assert Recording(tmp_path / "r").steps == [1, 2]
+    assert capsys.readouterr().err.count("recording at step 0 is unreadable") == 1
+    assert main(["analyze", str(tmp_path / "r"), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["series"][0]["steps"] == [1, 2]  # the readable ones
+    assert torch.equal(Recording(tmp_path / "r").get("meta.heads")[0], torch.arange(2))
+
+
+@pytest.mark.parametrize("steps", ["99999999999999999999999", "9223372036854775808", "100000000"])
+def test_train_steps_out_of_range_refused_before_writing(tmp_path, capsys, steps):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "scan-snap", "--steps", steps, "--quiet", "--out", str(tmp_path / "run")])
+    assert e.value.code == 2
+    one_line(capsys, f"argument --steps: '{steps}'; allowed: an int in 1 .. 99999999")
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_config_steps_beyond_the_file_names_refused():
+    from sslens.train import TrainConfig
+
+    with pytest.raises(SslensError, match=r"^steps: got 100000000; allowed: an int in 1 \.\. 99999999$"):
+        TrainConfig(model={"kind": "scan_snap", "M": 4}, task={"kind": "anchor"}, steps=10**8)
+
+
+@pytest.mark.parametrize("data,needle", [(b"1 2 3\n\xff\xfe 4\n", "not UTF-8 text (byte 0xff at offset 6)"),
+                                         (b"1 2 99999999999999999999999\n", "token id beyond int64"),
+                                         (b"1 2 -9999999999999999999999999\n", "token id beyond int64")])
+def test_bad_probe_text_one_line(tmp_path, data, needle):
+    from sslens.checkpoints import load_probe
+
+    (tmp_path / "p.txt").write_bytes(data)
+    with pytest.raises(SslensError, match=r"^probe: p\.txt ") as e:
+        load_probe(tmp_path / "p.txt")
+    assert needle in str(e.value) and "\n" not in str(e.value)

@@ -85,7 +85,7 @@ def is_sslens_run(run_dir: Path) -> bool:
         return False
     try:
         cfg = json.loads(p.read_text())
-    except (ValueError, OSError, UnicodeDecodeError):
+    except (ValueError, OSError, RecursionError):
         return True
     has_rec = (run_dir / "recordings").is_dir() and any((run_dir / "recordings").glob("step_*.safetensors"))
     return not (isinstance(cfg, dict) and "model" not in cfg and has_rec)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from sslens.argtypes import positive_float, positive_int
+from sslens.argtypes import positive_float, positive_int, step_count
 
 FIGS = ("3", "4", "5", "thm3", "premise", "6", "demo", "all")
 
@@ -17,8 +17,8 @@ def _scan_snap_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fig", choices=FIGS, default="demo",
                    help="which part: 3, 4, 5, thm3, premise (Thm 4 in its premise: exact T -> inf descent, one common "
                    "token, K = 10, M = 1000), 6 (the Fig. 6 sweep), demo (= 3, 4, 5, thm3, premise) or all")
-    p.add_argument("--steps", type=positive_int, default=100, help="iterations of the Fig. 4/5 runs")
-    p.add_argument("--thm3-steps", type=positive_int, default=1000,
+    p.add_argument("--steps", type=step_count, default=100, help="iterations of the Fig. 4/5 runs")
+    p.add_argument("--thm3-steps", type=step_count, default=1000,
                    help="iterations of the plain-SGD Thm 3 run (rates scaled to keep eta*steps of eta_Z=0.1, 2000 steps)")
 
 
@@ -30,12 +30,12 @@ def _scan_snap_run(a: argparse.Namespace) -> int:
 
 
 def _rank_collapse_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=positive_int, default=1100, help="steps of each stage-2 (binary-task) run")
+    p.add_argument("--steps", type=step_count, default=1100, help="steps of each stage-2 (binary-task) run")
     p.add_argument("--init-attn", type=positive_float, default=1e-5, help="init std of W_Q, W_K (theory regime)")
     p.add_argument("--init-outer", type=positive_float, default=0.03, help="init std of W_V, W1, W2")
     p.add_argument("--seeds", type=positive_int, default=1, help="seeds of the stage-2 runs (intervals over seeds)")
-    p.add_argument("--anchor-steps", type=positive_int, default=200, help="steps of each anchor run (paper's model)")
-    p.add_argument("--variant-steps", type=positive_int, default=300,
+    p.add_argument("--anchor-steps", type=step_count, default=200, help="steps of each anchor run (paper's model)")
+    p.add_argument("--variant-steps", type=step_count, default=300,
                    help="steps of each anchor run of the 2-layer variant that can represent the map")
     p.add_argument("--d-model", type=positive_int, default=128, help="anchor-task width (paper: 640)")
     p.add_argument("--anchor-seeds", type=positive_int, default=2, help="seeds of the anchor runs (error bars)")
@@ -54,11 +54,11 @@ def _wikitext_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None,
                    help="folder with valid.txt and test.txt (WikiText-2, word level); default: $SSLENS_WIKITEXT_DIR, "
                         "else ../shared/data/wikitext-2 next to the checkout, else the shipped slices in tests/data")
-    p.add_argument("--steps", type=positive_int, default=150, help="steps of the Fig. 10 / Fig. 7 runs")
+    p.add_argument("--steps", type=step_count, default=150, help="steps of the Fig. 10 / Fig. 7 runs")
     p.add_argument("--etas", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0, 5.0],
                    help="SGD learning rates of Fig. 10 (the paper's protocol: 1..5)")
     p.add_argument("--seeds", type=positive_int, default=5, help="seeds per learning rate (the paper's protocol: 5)")
-    p.add_argument("--cr-steps", type=positive_int, default=300, help="steps of the [CR] Fig. 3 small-init run")
+    p.add_argument("--cr-steps", type=step_count, default=300, help="steps of the [CR] Fig. 3 small-init run")
 
 
 def _wikitext_run(a: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sslens.argtypes import positive_int
+from sslens.argtypes import positive_int, step_count
 
 EXAMPLE = """\
 example:
@@ -47,7 +47,7 @@ def register(sub) -> None:
                                       "exact count engine, then fig6.csv/png and recall.csv/png.")
     f6.add_argument("--out", required=True, help="output directory (runs/, fig6.csv, fig6.png, recall.csv, recall.png)")
     f6.add_argument("--workers", type=positive_int, default=2, help="local processes")
-    f6.add_argument("--steps", type=positive_int, default=100, help="optimizer steps per run")
+    f6.add_argument("--steps", type=step_count, default=100, help="optimizer steps per run")
     f6.add_argument("--seeds", type=positive_int, default=10, help="seeds 1..N per grid point")
     f6.add_argument("--num-last", type=positive_int, nargs="+", default=[1, 3, 5, 10],
                     help="Syn-Medium sizes (number of query tokens)")

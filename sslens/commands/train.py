@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sslens.argtypes import min2_int, positive_float, positive_int, seed_int, unit_float
+from sslens.argtypes import min2_int, positive_float, positive_int, seed_int, step_count, unit_float
 from sslens.constants import DTYPE_NAMES, INITS, OPTIMIZERS, PRESETS, Y_PARAM, Z_PARAM
 
 EXAMPLE = """\
@@ -56,7 +56,7 @@ def add_scan_snap_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-last", type=positive_int, default=1, help="syn-medium: number of query tokens")
     p.add_argument("--eta-y", type=positive_float, default=1.0, help="learning rate eta_Y of the decoder Y (W_U)")
     p.add_argument("--eta-z", type=positive_float, default=1.0, help="learning rate eta_Z of the attention Z (W_Q)")
-    p.add_argument("--steps", type=positive_int, default=100, help="optimizer steps")
+    p.add_argument("--steps", type=step_count, default=100, help="optimizer steps")
     p.add_argument("--batch", type=positive_int, default=128, help="sequences per step")
     p.add_argument("--seq-len", type=min2_int, default=128, help="T: contextual tokens + the query")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="sgd (theory), adam (Fig. 5) or adamw")
