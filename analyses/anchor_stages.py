@@ -22,7 +22,7 @@ from sslens.analyses import rank
 from sslens.analyses.condensation import relative_change, reordered_cosine, top_singular_stability
 from sslens.analyses.rank_collapse import boundary, onset
 from sslens.store import RunStore
-from sslens.tasks import build_task
+from sslens.tasks import analysis_task as build_task  # a run's config is not trusted to name files
 
 ATTN = ("attn.W_Q", "attn.W_K")
 OUTER = ("attn.W_V", "attn.W_O", "mlp.W_in", "mlp.W_out")

@@ -444,6 +444,7 @@ def _analyze(series, probe, views, progress, seed, chunk, threads, job) -> Serie
 
     res = SeriesResult(name=series.name, steps=steps, notes=list(getattr(series, "notes", [])), meta=meta)
     res.n_layers, res.n_heads, res.layer_ids, res.head_ids = L, H, list(range(L)), list(range(H))
+    views.check(res.layer_ids, res.head_ids, steps)
     res.head = {m: torch.full((S, L, H), float("nan"), dtype=torch.float64) for m in HEAD_METRICS}
     res.probe = probe.clone()
     vocab = torch.unique(res.probe)

@@ -24,7 +24,7 @@ from sslens.analyses import rank
 from sslens.analyses.condensation import mean_abs_cos, relative_change
 from sslens.errors import require
 from sslens.store import RunStore
-from sslens.tasks import build_task
+from sslens.tasks import analysis_task as build_task  # a run's config is not trusted to name files
 from sslens.theory import rank_collapse as th
 
 OUTER = ("W_V", "W1", "W2")

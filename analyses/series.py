@@ -244,6 +244,22 @@ class Views:
             return sorted({steps[0], steps[len(steps) // 2], steps[-1]})
         return sorted({min(steps, key=lambda s: abs(s - t)) for t in self.steps})
 
+    def check(self, layer_ids: Sequence[int], head_ids: Sequence[int], steps: Sequence[int]) -> None:
+        """One line naming the valid values for a requested layer, head or step the series does not have."""
+        from sslens.errors import require
+
+        def valid(ids: Sequence[int]) -> str:
+            ids = list(ids)
+            contiguous = bool(ids) and ids == list(range(ids[0], ids[-1] + 1))
+            return f"{ids[0]} .. {ids[-1]}" if contiguous else (", ".join(map(str, ids)) or "none")
+
+        for flag, want, have in (("--layers", self.layers, layer_ids), ("--heads", self.heads, head_ids)):
+            bad = [v for v in (want or []) if v not in have]
+            require(not bad, flag, f"got {bad[0] if bad else ''}", f"recorded {flag[2:]} {valid(have)}")
+        bad = [t for t in (self.steps or []) if not steps or not steps[0] <= t <= steps[-1]]
+        require(not bad, "--steps", f"got {bad[0] if bad else ''}",
+                f"steps {steps[0]} .. {steps[-1]} (the nearest recorded step is shown)" if steps else "none recorded")
+
 
 ANALYSIS_THREADS = 1  # torch intra-op threads while analysing (benchmarks/bench_analyze_threads.py, docs/benchmarks.md)
 
@@ -292,6 +308,7 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
             res.n_layers, res.n_heads = n_layers, n_heads
             res.layer_ids = list(layers)
             res.head_ids = st["meta.heads"].tolist() if "meta.heads" in st else list(range(n_heads))
+            views.check(res.layer_ids, res.head_ids, steps)
             res.head = {m: torch.full((S, n_layers, n_heads), float("nan"), dtype=torch.float64) for m in HEAD_METRICS}
             if "probe.tokens" in st:
                 res.probe = st["probe.tokens"].clone()

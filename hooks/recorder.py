@@ -232,6 +232,7 @@ class CircuitRecorder:
         self.model = model
         self.store = RunStore(store) if isinstance(store, (str, Path)) else store
         self.total_steps = total_steps
+        self._powers_of_two = schedule is None and total_steps is None  # the default open-ended schedule
         if schedule is None:
             schedule = log_schedule(total_steps) if total_steps is not None else (lambda s: s & (s - 1) == 0)
         self._schedule = schedule if callable(schedule) else set(int(s) for s in schedule)
@@ -516,7 +517,8 @@ class CircuitRecorder:
             n = self.planned_steps()
             mb = self.estimate_bytes() / 2**20
             where = str(self.store.path) if self.store is not None else "memory"
-            steps = f"{n} recorded steps" if n is not None else "an open-ended schedule (every power of two)"
+            steps = (f"{n} recorded steps" if n is not None else "an open-ended schedule (every power of two)"
+                     if self._powers_of_two else "a custom schedule (its number of steps is not known)")
             msg = f"CircuitRecorder: ~{mb:.2f} MB per recorded step, {steps}"
             msg += f" (~{mb * n:.1f} MB) -> {where}" if n is not None else f" -> {where}"
             print(msg, file=sys.stderr)

@@ -56,12 +56,12 @@ def deferred_fsync() -> Iterator[None]:
         os.sync()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file + fsync + ``os.replace``."""
+def atomic_write_bytes(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    """Write ``data`` to ``path`` via a temp file + fsync + ``os.replace`` (permission bits ``mode``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, FILE_MODE)
+    os.chmod(tmp, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -92,7 +92,8 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_save_tensors(
-    path: Path, tensors: dict[str, Tensor], metadata: dict[str, Any] | None = None, fsync: bool = True
+    path: Path, tensors: dict[str, Tensor], metadata: dict[str, Any] | None = None, fsync: bool = True,
+    mode: int = FILE_MODE,
 ) -> None:
     """safetensors file written atomically; ``metadata`` is stored as one JSON string.
 
@@ -103,7 +104,7 @@ def atomic_save_tensors(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    os.chmod(tmp, FILE_MODE)
+    os.chmod(tmp, mode)
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         try:
@@ -112,7 +113,7 @@ def atomic_save_tensors(
             why = re.search(r'message: "([^"]+)"', str(e))
             raise SslensError("disk", f"cannot write {path} ({why.group(1) if why else str(e).splitlines()[0][:120]})",
                               "free space on its disk (the files written before it are kept)") from None
-        os.chmod(tmp, FILE_MODE)  # save_file re-creates the file with the umask's mode (0600 under umask 077)
+        os.chmod(tmp, mode)  # save_file re-creates the file with the umask's mode (0600 under umask 077)
         if fsync and _FSYNC.get():
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from sslens.configs import build_task as _build_task
 from sslens.data.sequence_classes import SequenceClassSpec, sample
+from sslens.errors import SslensError
 
 
 class Task(Protocol):
@@ -55,4 +56,21 @@ def sequence_class_task(spec: dict) -> SequenceClassTask:
 
 def build_task(d: dict) -> Task:
     """A task from its config dict (kinds: ``sslens.registry.TASKS``)."""
+    return _build_task(d)
+
+
+#: task kinds whose config names files to read (and a cache to write): never rebuilt from a run being analysed
+READS_FILES = frozenset({"text"})
+
+
+def analysis_task(d: dict) -> Task:
+    """:func:`build_task` for analysing a run: a kind that reads files named in the (untrusted) config is refused.
+
+    A run directory may come from anyone; its ``config.json`` must not make the analysis read a file (a text
+    task's ``files``) or choose where to write (its ``cache_dir``).
+    """
+    kind = d.get("kind") if isinstance(d, dict) else None
+    if kind in READS_FILES:
+        raise SslensError("task", f"the run's task of kind {kind!r} reads data files named in its config.json; analysing "
+                          "a run never reads them", "--probe FILE (analyze-checkpoints), or build the task yourself")
     return _build_task(d)

@@ -191,3 +191,106 @@ def test_bad_probe_text_one_line(tmp_path, data, needle):
     with pytest.raises(SslensError, match=r"^probe: p\.txt ") as e:
         load_probe(tmp_path / "p.txt")
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+# ----- item 2: an analysed run's config never names files to read or places to write ------------------------
+SECRET = "zebra-secret-word quagga-secret-word\n" * 50
+
+
+def test_analyze_checkpoints_never_reads_the_files_an_untrusted_config_names(tmp_path, capsys):
+    import shutil
+    from pathlib import Path
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text(SECRET)
+    secret.chmod(0o600)
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "data" / "tl3_run", run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["task"] = {"kind": "text", "files": {"train": str(secret)}, "cache_dir": str(tmp_path / "planted_cache")}
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert main(["analyze-checkpoints", str(run), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert "text task is not rebuilt" in capsys.readouterr().out
+    assert not (tmp_path / "planted_cache").exists()
+    for f in (tmp_path / "o").rglob("*"):
+        assert not f.is_file() or b"secret-word" not in f.read_bytes(), f
+
+
+def test_analysis_task_refuses_file_reading_kinds_and_builds_the_rest():
+    from sslens.data import syn_small
+    from sslens.tasks import SequenceClassTask, analysis_task
+
+    with pytest.raises(SslensError, match=r"^task: the run's task of kind 'text' reads data files"):
+        analysis_task({"kind": "text", "files": {"train": "/etc/passwd"}})
+    task = analysis_task(SequenceClassTask(syn_small(T=8)).to_dict())
+    assert task.batch(2, __import__("torch").Generator().manual_seed(0))[0].shape == (2, 8)
+
+
+def test_text_caches_keep_the_source_permissions(tmp_path, monkeypatch):
+    from sslens.data.text import tokenize
+
+    src = tmp_path / "words.txt"
+    src.write_text("a b c\nd e f\n")
+    src.chmod(0o600)
+    monkeypatch.setenv("SSLENS_CACHE", str(tmp_path / "cache"))
+    vocab, ids = tokenize({"train": src}, "train")
+    files = sorted((tmp_path / "cache" / "text").iterdir())
+    assert len(files) == 2 and all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+    assert (tmp_path / "cache" / "text").stat().st_mode & 0o777 == 0o700
+    assert vocab.decode(ids["train"]) == ["a", "b", "c", "<eos>", "d", "e", "f", "<eos>"]
+
+
+# ----- item 7: view flags out of range, the attach message, no ../shared lookup -----------------------------
+@pytest.mark.parametrize("flags,needle", [(["--layers", "99"], "--layers: got 99; allowed: recorded layers 0 .. 0"),
+                                          (["--heads", "-1"], "--heads: got -1; allowed: recorded heads 0 .. 0"),
+                                          (["--steps", "-5"], "--steps: got -5; allowed: steps 0 .. 4")])
+def test_analyze_view_flags_out_of_range_one_line(tmp_path, capsys, flags, needle):
+    import shutil
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "data" / "tl3_run", run)
+    assert main(["analyze", str(run), "--out", str(tmp_path / "o"), "--quiet", *flags]) == 2
+    one_line(capsys, needle)
+    assert not (tmp_path / "o" / "metrics.json").exists()  # refused before the model's analysis wrote anything
+
+
+def test_views_check_names_the_recorded_values():
+    from sslens.analyses.series import Views
+
+    Views([0, 2], [1], [5]).check([0, 1, 2], [0, 1], [0, 10])
+    with pytest.raises(SslensError, match=r"^--heads: got 3; allowed: recorded heads 0, 2$"):
+        Views(heads=[3]).check([0], [0, 2], [0])
+    with pytest.raises(SslensError, match=r"^--steps: got 11; allowed: steps 0 \.\. 10"):
+        Views(steps=[11]).check([0], [0], [0, 10])
+
+
+def test_attach_message_describes_the_schedule(tmp_path, capsys):
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from sslens.hooks import CircuitRecorder
+
+    model = HookedTransformer(HookedTransformerConfig(n_layers=1, d_model=8, d_head=4, n_heads=2, d_vocab=10, n_ctx=6,
+                                                      attn_only=True, device="cpu"))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    CircuitRecorder(model, schedule=lambda s: s % 3 == 0).attach(opt).detach()
+    assert "a custom schedule" in capsys.readouterr().err
+    CircuitRecorder(model).attach(opt).detach()
+    assert "every power of two" in capsys.readouterr().err
+    CircuitRecorder(model, schedule=[0, 5, 9]).attach(opt).detach()
+    assert "3 recorded steps" in capsys.readouterr().err
+
+
+def test_product_code_never_looks_for_shared_data(monkeypatch):
+    from pathlib import Path
+
+    from sslens.data.text import default_wikitext_dir
+
+    monkeypatch.delenv("SSLENS_WIKITEXT_DIR", raising=False)
+    assert default_wikitext_dir() is None
+    root = Path(__file__).resolve().parents[1]
+    for top in ("sslens", "hooks", "analyses"):
+        for f in (root / top).rglob("*.py"):
+            text = f.read_text()
+            assert '"shared"' not in text and "shared/data" not in text, f

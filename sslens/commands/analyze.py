@@ -91,6 +91,21 @@ def is_sslens_run(run_dir: Path) -> bool:
     return not (isinstance(cfg, dict) and "model" not in cfg and has_rec)
 
 
+def _check_views(run_dir: Path, a: argparse.Namespace) -> None:
+    """``--layers/--heads/--steps`` against the run's recordings, before the model's analysis writes anything."""
+    if a.layers is None and a.heads is None and a.steps is None:
+        return
+    from sslens.analyses.series import Views, _layers, _n_heads
+    from sslens.hooks.recorder import Recording
+
+    rec = Recording(run_dir)
+    steps = rec.steps
+    st = rec.at(steps[0]) if steps else {}
+    layers = _layers(st)
+    heads = st["meta.heads"].tolist() if "meta.heads" in st else list(range(_n_heads(st, layers))) if layers else []
+    Views(a.layers, a.heads, a.steps).check(layers, heads, steps)
+
+
 def _generic(run_dir: Path, out: Path, a: argparse.Namespace, json_name: str, html_name: str) -> tuple[Path, Path]:
     from sslens.analyses.series import Views, analyze_recording
     from sslens.analyses.series_report import write_report
@@ -157,6 +172,7 @@ def run(a: argparse.Namespace) -> int:
         return 0
     analyze = analyzer_for(run_dir)
     store = RunStore(run_dir)
+    _check_views(run_dir, a)
     st = store.status()
     require(st["last_checkpoint"] is not None, "run_dir", f"{run_dir} has no checkpoints yet", "a run with checkpoints")
     try:

@@ -99,7 +99,7 @@ def _analyze_one(a: argparse.Namespace, path: str, probe, views, job):
     from sslens.checkpoints import open_series
     from sslens.errors import SslensError
     from sslens.store import RunStore
-    from sslens.tasks import build_task
+    from sslens.tasks import READS_FILES, build_task
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # series notes are printed below
@@ -109,7 +109,11 @@ def _analyze_one(a: argparse.Namespace, path: str, probe, views, job):
         print(f"{s.name}: note: {n}")
     if probe is None and (Path(path) / "config.json").is_file() and (Path(path) / "checkpoints").is_dir():
         cfg = RunStore(path).read_config()
-        if "task" in cfg:
+        kind = cfg.get("task", {}).get("kind") if isinstance(cfg.get("task"), dict) else None
+        if kind in READS_FILES:  # a run's config.json never makes the analysis read (or cache) a file
+            print(f"{s.name}: note: the run's {kind} task is not rebuilt (analysing a run never reads the data files its "
+                  "config.json names); the probe is repeated random tokens (--probe FILE to choose one)")
+        elif "task" in cfg:
             try:
                 s.task = build_task(cfg["task"])
             except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -53,7 +53,7 @@ def _rank_collapse_run(a: argparse.Namespace) -> int:
 def _wikitext_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None,
                    help="folder with valid.txt and test.txt (WikiText-2, word level); default: $SSLENS_WIKITEXT_DIR, "
-                        "else ../shared/data/wikitext-2 next to the checkout, else the shipped slices in tests/data")
+                        "else the shipped slices in tests/data")
     p.add_argument("--steps", type=step_count, default=150, help="steps of the Fig. 10 / Fig. 7 runs")
     p.add_argument("--etas", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0, 5.0],
                    help="SGD learning rates of Fig. 10 (the paper's protocol: 1..5)")

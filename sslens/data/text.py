@@ -22,17 +22,15 @@ from jaxtyping import Int
 from torch import Tensor
 
 from sslens.errors import SslensError, require
-from sslens.store import atomic_save_tensors, atomic_write_json, load_tensors
+from sslens.store import atomic_save_tensors, atomic_write_bytes, load_tensors
 
 SPECIALS = ("<unk>", "<eos>")
 
 
 def default_wikitext_dir() -> Path | None:
-    """``$SSLENS_WIKITEXT_DIR``, else ../shared/data/wikitext-2 next to the checkout, else None."""
+    """``$SSLENS_WIKITEXT_DIR`` when it holds ``valid.txt``, else None (no other place is searched)."""
     env = os.environ.get("SSLENS_WIKITEXT_DIR")
-    cands = [Path(env)] if env else []
-    cands.append(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wikitext-2")
-    return next((c for c in cands if (c / "valid.txt").exists()), None)
+    return Path(env) if env and (Path(env) / "valid.txt").is_file() else None
 
 
 def load_text(data_files: dict[str, str | Path] | None = None, hub: str | None = None, config: str | None = None):
@@ -108,6 +106,7 @@ def tokenize(data_files: dict[str, str | Path], vocab_split: str, max_vocab: int
     cache = Path(cache_dir or os.environ.get("SSLENS_CACHE", Path.home() / ".cache" / "sslens")) / "text"
     for split, p in data_files.items():
         require(Path(p).is_file(), f"data_files.{split}", f"no such file {p}", "an existing text file")
+    cache.mkdir(parents=True, exist_ok=True, mode=0o700)  # a new cache dir is the user's alone
     key = _digest(data_files, max_vocab)
     vpath, tpath = cache / f"{key}.vocab.json", cache / f"{key}.ids.safetensors"
     if vpath.exists() and tpath.exists():
@@ -116,9 +115,18 @@ def tokenize(data_files: dict[str, str | Path], vocab_split: str, max_vocab: int
     per_split = {s: words(ds[s]["text"]) for s in ds}
     vocab = Vocab.build(per_split[vocab_split], max_vocab)
     ids = {s: vocab.encode(w) for s, w in per_split.items()}
-    atomic_save_tensors(tpath, ids)
-    atomic_write_json(vpath, vocab.itos)
+    mode = cache_mode(data_files)
+    atomic_save_tensors(tpath, ids, mode=mode)
+    atomic_write_bytes(vpath, json.dumps(vocab.itos).encode(), mode=mode)
     return vocab, ids
+
+
+def cache_mode(data_files: dict) -> int:
+    """The caches' permission bits: what every source file allows (at most 0644), so a 0600 file's words stay 0600."""
+    mode = 0o644
+    for p in data_files.values():
+        mode &= os.stat(p).st_mode & 0o666
+    return mode | 0o600
 
 
 def chunks(ids: Int[Tensor, " n"], seq_len: int) -> Int[Tensor, "n_chunks seq_len"]:
