@@ -57,6 +57,20 @@ def _version() -> str:
     return __version__
 
 
+def drop_implicit_cwd() -> None:
+    """Remove the current directory that ``python -m sslens.cli`` (or ``python -c``) put first on ``sys.path``.
+
+    A SPEC's ``fn = "module:attr"`` is imported and run; a module lying in whatever directory the command is run
+    from must not be picked up by accident. A directory named in ``$PYTHONPATH`` (the explicit way) stays.
+    """
+    import os
+
+    cwd = os.getcwd()
+    explicit = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    sys.path[:] = [p for p in sys.path
+                   if not ((p in ("", ".") or os.path.abspath(p) == cwd) and os.path.abspath(p or ".") not in explicit)]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for bad input, printed as one line)."""
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -66,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         from sslens.procs import keep_heap
 
         keep_heap()
+        drop_implicit_cwd()
     # one line and an exit code, never a traceback: 2 bad input / OS refusal, 3 divergence (sslens.errors)
     from sslens.errors import EXIT_DIVERGED, EXIT_USAGE, TrainingDiverged
 

@@ -294,3 +294,56 @@ def test_product_code_never_looks_for_shared_data(monkeypatch):
         for f in (root / top).rglob("*.py"):
             text = f.read_text()
             assert '"shared"' not in text and "shared/data" not in text, f
+
+
+# ----- item 6: a dead Ray address gives up within its stated timeout -----------------------------------------
+RAY_DEAD = """
+import socket, sys, time
+from sslens.errors import SslensError
+from sslens.sweeps.grid import _connect_ray, run_grid
+import ray
+closed = socket.socket(); closed.bind(("127.0.0.1", 0)); port = closed.getsockname()[1]; closed.close()
+t0 = time.monotonic()
+try:
+    run_grid({"base": {"x": 1}, "grid": {"x": [1]}, "fn": "math:fabs"}, sys.argv[1], backend="ray",
+             address=f"127.0.0.1:{port}", progress=False)
+except SslensError as e:
+    print(f"{time.monotonic() - t0:.1f}", e)
+silent = socket.socket(); silent.bind(("127.0.0.1", 0)); silent.listen(8)  # accepts, never speaks Ray
+t0 = time.monotonic()
+try:
+    _connect_ray(ray, f"127.0.0.1:{silent.getsockname()[1]}", {"include_dashboard": False}, timeout=3.0)
+except SslensError as e:
+    print(f"{time.monotonic() - t0:.1f}", e)
+"""
+
+
+def test_ray_dead_address_gives_up_within_the_timeout(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray")
+    r = subprocess.run([sys.executable, "-c", RAY_DEAD, str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and len(lines) == 2, (r.stdout, r.stderr[-2000:])
+    refused, silent = (line.split(" ", 1) for line in lines)
+    assert float(refused[0]) < 10 and "address: cannot connect to Ray at '127.0.0.1:" in refused[1]
+    assert "Connection refused" in refused[1]
+    assert 3.0 <= float(silent[0]) < 10 and "no Ray cluster answered at '127.0.0.1:" in silent[1]
+    assert "within 3 s; allowed: the address printed by `ray start --head`" in silent[1]
+
+
+def test_python_m_cli_does_not_import_a_spec_fn_from_the_working_directory(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "planted.py").write_text("open('RAN', 'w').close()\ndef s(config, out_dir):\n    return {}\n")
+    (tmp_path / "spec.json").write_text(json.dumps({"base": {"x": 1}, "grid": {"x": [1]}, "fn": "planted:s"}))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-m", "sslens.cli", "sweep", "grid", "spec.json", "--out", "o", "--quiet"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot import 'planted:s'" in r.stderr, r.stderr
+    assert "PYTHONPATH=DIR" in r.stderr and not (tmp_path / "RAN").exists()
+    r = subprocess.run([sys.executable, "-m", "sslens.cli", "sweep", "grid", "spec.json", "--out", "o2", "--quiet"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**env, "PYTHONPATH": "."})
+    assert r.returncode == 0 and (tmp_path / "RAN").exists(), r.stderr  # named explicitly: imported

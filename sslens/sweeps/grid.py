@@ -298,6 +298,43 @@ def run_local(jobs: list[dict], workers: int, on_done: Callable[[list], None]) -
         raise
 
 
+RAY_CONNECT_TIMEOUT_S = 30.0  # --address: a cluster that does not answer within this is given up (one line)
+RAY_ADDRESS_ALLOWED = "the address printed by `ray start --head`, e.g. 10.0.0.1:6379, or none for a local Ray"
+
+
+def _connect_ray(ray, address: str, kw: dict, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """``ray.init(address=...)`` that gives up after ``timeout`` seconds (ray.init itself retries for minutes).
+
+    A ``host:port`` (or ``ray://host:port``) is first probed with one TCP connect, so a closed port fails at once.
+    """
+    import socket
+    import threading
+
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if sep and port.isdigit():
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=min(10.0, timeout)).close()
+        except OSError as e:
+            raise SslensError("address", f"cannot connect to Ray at {address!r} ({e.strerror or type(e).__name__})",
+                              RAY_ADDRESS_ALLOWED) from None
+    box: dict = {}
+
+    def connect() -> None:
+        try:
+            ray.init(address=address, **kw)
+        except BaseException as e:  # noqa: BLE001 - handed to the calling thread
+            box["error"] = e
+
+    t = threading.Thread(target=connect, name="sslens-ray-init", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise SslensError("address", f"no Ray cluster answered at {address!r} within {timeout:g} s", RAY_ADDRESS_ALLOWED)
+    if "error" in box:
+        raise box["error"]
+
+
 def run_ray(jobs: list[dict], workers: int, address: str | None, max_retries: int,
             on_done: Callable[[list], None]) -> None:
     """One Ray task per job (``max_retries`` on worker death; a retry resumes from the checkpoint).
@@ -316,12 +353,14 @@ def run_ray(jobs: list[dict], workers: int, address: str | None, max_retries: in
         kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
             if address:
-                ray.init(address=address, **kw)
+                _connect_ray(ray, address, kw)
             else:
                 ray.init(num_cpus=workers, **kw)
+        except SslensError:
+            raise
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise SslensError("address", f"cannot connect to Ray at {address!r} ({str(e).splitlines()[0]})",
-                              "the address printed by `ray start --head`, e.g. 10.0.0.1:6379, or none for a local Ray") from None
+                              RAY_ADDRESS_ALLOWED) from None
         started = True
     try:
         task = ray.remote(num_cpus=1, max_retries=max_retries)(ray_execute)

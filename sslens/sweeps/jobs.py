@@ -46,7 +46,8 @@ def resolve_fn(ref):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as e:
         raise SslensError("fn", f"cannot import {ref!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
-                          "'module:attr' naming an importable callable fn(config, out_dir)") from None
+                          "'module:attr' naming an importable callable fn(config, out_dir) (the command does not import "
+                          "from the current directory: PYTHONPATH=DIR names where your module is)") from None
     if not callable(obj):
         raise SslensError("fn", f"{ref!r} is not callable", "'module:attr' naming an importable callable fn(config, out_dir)")
     return obj
