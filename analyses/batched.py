@@ -33,7 +33,16 @@ import torch
 from torch import Tensor
 
 from sslens.analyses import head_metrics as hm
-from sslens.analyses.series import DETECTIONS, HEAD_METRICS, SeriesResult, Views, is_repeated, repeated_random_tokens
+from sslens.analyses.series import (
+    DETECTIONS,
+    HEAD_METRICS,
+    PATTERN_BUDGET,
+    SeriesResult,
+    Views,
+    finish,
+    is_repeated,
+    repeated_random_tokens,
+)
 from sslens.progress import bar as progress_bar
 
 CHUNK = 128  # checkpoints per batch at most; fewer when a checkpoint's parameters and patterns are large
@@ -431,7 +440,8 @@ def _analyze(series, probe, views, progress, seed, chunk, threads, job) -> Serie
     if names != list(params0):
         raise Unsupported("parameter names differ from the 3.x names")
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    meta = {"probe": "repeated random tokens" if probe is None else "given"}
+    meta = {"probe": "repeated random tokens" if probe is None else "given",
+            "dims": {"d_model": cfg.d_model, "d_head": cfg.d_head}}
     if probe is None:
         probe = repeated_random_tokens(cfg.d_vocab, cfg.n_ctx, seed=seed)
     require(int(probe.max()) < cfg.d_vocab, "probe", f"token id {int(probe.max())} >= d_vocab {cfg.d_vocab}",
@@ -453,6 +463,7 @@ def _analyze(series, probe, views, progress, seed, chunk, threads, job) -> Serie
     dets = hm.detection_patterns(res.probe)
     rep_dets = hm.detection_patterns(rep) if rep is not None else None
     keep = set(views.resolve_steps(steps))
+    keep_all = views.steps is None and S * L * H * probe.shape[1] ** 2 * 4 <= PATTERN_BUDGET
     W0 = {n: p.detach().float().clone() for n, p in params0.items()}
     dtypes = {n: p.dtype for n, p in params0.items()}
     chunk = chunk_size(sum(p.numel() * p.element_size() for p in params0.values()), L, H, tuple(probe.shape), chunk)
@@ -490,7 +501,7 @@ def _analyze(series, probe, views, progress, seed, chunk, threads, job) -> Serie
                     for name, v in hm.detection_scores(pats[l], dets).items():
                         res.head[name][rows, l] = v
                 for j, i in enumerate(rows.tolist()):
-                    if steps[i] in keep:
+                    if steps[i] in keep or keep_all:  # default views: around the events (finish)
                         res.patterns.setdefault(steps[i], {})[l] = pats[l][j, 0].float().clone()
             if rep is not None:  # detection scores on the repeated-tokens probe (as the reference path)
                 rpats = patterns(model, X, rep)
@@ -532,7 +543,7 @@ def _analyze(series, probe, views, progress, seed, chunk, threads, job) -> Serie
     res.rel_change = {n: w.rel[n] for n in names if not torch.isnan(w.rel[n]).all()}
     res.meta["eig_space"] = "recorded"
     res.views = views
-    return res
+    return finish(res)
 
 
 def _job_result(job: WeightsJob, names, dtypes, chunk, W0, dims, ok,

@@ -34,6 +34,7 @@ from sslens.progress import bar as progress_bar
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 HEAD_METRICS = [f"{c}.{m}" for c in ("QK", "OV") for m in hm.RANK_METRICS] + list(hm.HEAD_SCORES)
+PATTERN_BUDGET = 2**28  # bytes of first-probe patterns kept for every step, to pick the views around the events
 _WEIGHT = re.compile(r"^blocks\.\d+\.(attn\.W_[QKVO]|mlp\.W_(in|out|gate))$")
 DETECTIONS = hm.DETECTIONS
 # the recorder's record-time scores (sslens.metrics.pattern_scores), used when no patterns are stored
@@ -236,12 +237,16 @@ class Views:
     heads: Sequence[int] | None = None
     steps: Sequence[int] | None = None
 
-    def resolve_steps(self, steps: list[int]) -> list[int]:
-        """The recorded steps nearest to the requested ones (default: first, middle, last)."""
+    def resolve_steps(self, steps: list[int], events: list[dict] | None = None) -> list[int]:
+        """The recorded steps nearest to the requested ones.
+
+        Default: the steps around the events (:func:`event_steps`), else first, middle, last.
+        """
         if not steps:
             return []
         if self.steps is None:
-            return sorted({steps[0], steps[len(steps) // 2], steps[-1]})
+            around = event_steps(events or [], steps)
+            return around or sorted({steps[0], steps[len(steps) // 2], steps[-1]})
         return sorted({min(steps, key=lambda s: abs(s - t)) for t in self.steps})
 
     def check(self, layer_ids: Sequence[int], head_ids: Sequence[int], steps: Sequence[int]) -> None:
@@ -259,6 +264,25 @@ class Views:
         bad = [t for t in (self.steps or []) if not steps or not steps[0] <= t <= steps[-1]]
         require(not bad, "--steps", f"got {bad[0] if bad else ''}",
                 f"steps {steps[0]} .. {steps[-1]} (the nearest recorded step is shown)" if steps else "none recorded")
+
+
+def event_steps(events: list[dict], steps: list[int], k: int = 2) -> list[int]:
+    """Recorded steps around the ``k`` largest events: each one's start, the step in between and its end.
+
+    Model-level events (the loss) first, then the head events with the largest relative change; plus the last step.
+    """
+    if not events:
+        return []
+
+    def size(e):
+        return abs(e["after"] - e["before"]) / max(abs(e["before"]), abs(e["after"]), 1e-12)
+
+    ranked = sorted(events, key=lambda e: (e["layer"] is not None, -size(e)))
+    out = {steps[-1]}
+    for e in ranked[:k]:
+        inside = [s for s in steps if e["start"] <= s <= e["end"]]
+        out |= {e["start"], inside[len(inside) // 2], e["end"]}
+    return sorted(out)
 
 
 ANALYSIS_THREADS = 1  # torch intra-op threads while analysing (benchmarks/bench_analyze_threads.py, docs/benchmarks.md)
@@ -290,6 +314,7 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
     views = views or Views()
     steps = source.steps
     keep_steps = set(views.resolve_steps(steps))
+    keep_all = views.steps is None  # the default views are the steps around the events: chosen at the end
     S = len(steps)
     res = SeriesResult(name=source.name, steps=list(steps), notes=list(source.notes), meta=dict(source.meta))
     n_layers = n_heads = None
@@ -310,7 +335,8 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
             res.head_ids = st["meta.heads"].tolist() if "meta.heads" in st else list(range(n_heads))
             views.check(res.layer_ids, res.head_ids, steps)
             res.head = {m: torch.full((S, n_layers, n_heads), float("nan"), dtype=torch.float64) for m in HEAD_METRICS}
-            if "probe.tokens" in st:
+            if "probe.tokens" in st:  # every step's first-probe patterns only within a memory budget
+                keep_all = keep_all and S * n_layers * n_heads * st["probe.tokens"].shape[1] ** 2 * 4 <= PATTERN_BUDGET
                 res.probe = st["probe.tokens"].clone()
                 vocab = torch.unique(res.probe)
                 res.key_tokens = vocab.tolist()
@@ -326,6 +352,8 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
         for li, l in enumerate(layers):
             attn = _attn(st, l, n_heads)
             attn_all.append(attn)
+            if attn is not None:
+                res.meta.setdefault("dims", {"d_model": attn[0].shape[-2], "d_head": attn[0].shape[-1]})
             for c in ("QK", "OV"):
                 s = _circuit_sv(st, l, c, attn)
                 if s is not None:
@@ -343,7 +371,7 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
                     res.key_mass[i, li] = hm.key_token_mass(pat, st["probe.tokens"], vocab)
                     for name, v in hm.detection_scores(pat, dets).items():
                         res.head[name][i, li] = v
-                if step in keep_steps:
+                if step in keep_steps or keep_all:
                     res.patterns.setdefault(step, {})[l] = pat[0].float().clone()
             else:  # no patterns stored: the recorder's record-time scalars (docs/theory.md §3.3, §3.6)
                 for name in RECORDED_SCALARS:
@@ -399,6 +427,19 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
                 scalars.setdefault(k, [float("nan")] * S)[i] = row[step]
     res.scalars = {k: torch.tensor(v, dtype=torch.float64) for k, v in scalars.items()}
     res.views = views
+    return finish(res)
+
+
+def finish(res: "SeriesResult") -> "SeriesResult":
+    """Events, head labels and composition edges of a result; its attention views around the events."""
+    from sslens.analyses import events, labels
+
+    res.events = events.detect(res)
+    res.labels = labels.head_labels(res)
+    res.edges = labels.composition_edges(res)
+    if res.views is not None and res.views.steps is None and res.patterns:
+        keep = set(res.views.resolve_steps(res.steps, res.events))
+        res.patterns = {s: p for s, p in res.patterns.items() if s in keep}
     return res
 
 
@@ -434,6 +475,10 @@ class SeriesResult:
     layer: dict[str, Tensor] = field(default_factory=dict)
     rel_change: dict[str, Tensor] = field(default_factory=dict)
     scalars: dict[str, Tensor] = field(default_factory=dict)
+    #: abrupt changes (``sslens.analyses.events``), head labels and composition edges (``sslens.analyses.labels``)
+    events: list[dict] = field(default_factory=list)
+    labels: list[dict] = field(default_factory=list)
+    edges: list[dict] = field(default_factory=list)
     key_tokens: list[int] = field(default_factory=list)
     key_mass: Tensor | None = None
     probe: Tensor | None = None
@@ -527,6 +572,7 @@ class SeriesResult:
             "layer": {m: listed(v) for m, v in self.layer.items()},
             "rel_change": {k: listed(v) for k, v in self.rel_change.items()},
             "scalars": {k: listed(v) for k, v in self.scalars.items()},
+            "events": self.events, "heads": self.labels, "composition_edges": self.edges,
             "key_mass_top": {str(t): listed(self.key_mass[:, :, :, self.key_tokens.index(t)])
                              for t in self.top_key_tokens()},
         }

@@ -19,7 +19,7 @@ from sslens.analyses.figures import NotebookFigure
 from sslens.analyses.head_metrics import RANK_METRICS
 from sslens.analyses.report import LABEL_PT, LEGEND_PT, TITLE_PT, legend, step_axis
 
-WHAT = ("rank", "attention", "scores", "composition", "rel_change", "key_mass", "condensation")
+WHAT = ("events", "rank", "attention", "scores", "composition", "rel_change", "key_mass", "condensation")
 WEIGHT_PLOTS = ("rank", "composition", "rel_change", "condensation")  # plots of weight metrics only
 FIGURE_DPI = 80  # the report's figures: text layout dominates render time
 
@@ -67,6 +67,8 @@ def plot(res, what: str = "rank", metrics: Sequence[str] | None = None, step: in
     """One Figure of ``res`` (see :data:`WHAT`)."""
     from sslens.errors import SslensError
 
+    if what == "events":
+        return events_timeline(res)
     if what == "rank":
         return _grid(res, metrics or [f"{c}.{m}" for c in ("QK", "OV") for m in RANK_METRICS],
                      f"{res.name}: QK and OV rank metrics per layer and head")
@@ -164,6 +166,51 @@ def pattern_view(res, layers: Sequence[int] | None = None, heads: Sequence[int] 
                                         attention_head_names=names)
 
 
+def events_timeline(res, max_rows: int = 12) -> Figure:
+    """The loss (model-level series) above one row per head with events: each event a bar from start to end."""
+    fig = Figure(figsize=(10, 3.6))
+    ax_l, ax_e = fig.subplots(2, 1, sharex=True, height_ratios=[1, 1.4])
+    x = res.steps
+    for j, (k, v) in enumerate(res.scalars.items()):
+        ax_l.plot(x, v.numpy(), lw=1.5, label=k, color=f"C{j}")
+    for e in (e for e in res.events if e["layer"] is None):
+        ax_l.axvspan(e["start"], e["end"], color="0.85", zorder=0)
+    if res.scalars:
+        ax_l.legend(fontsize=8)
+    ax_l.set_ylabel("loss", fontsize=8)
+    rows: dict[str, list] = {}
+    for e in res.events:
+        if e["layer"] is not None and e["head"] is not None and "." not in e["metric"]:
+            rows.setdefault(f"L{e['layer']}H{e['head']}", []).append(e)
+    names = sorted(rows, key=lambda r: min(e["start"] for e in rows[r]))[:max_rows]
+    kinds = sorted({e["metric"] for r in names for e in rows[r]})
+    for i, r in enumerate(names):
+        for e in rows[r]:
+            c = f"C{kinds.index(e['metric']) % 10}"
+            ax_e.plot([e["start"], e["end"]], [i, i], lw=5, color=c, solid_capstyle="butt", alpha=0.8)
+            ax_e.annotate("↑" if e["after"] > e["before"] else "↓", ((e["start"] + e["end"]) / 2, i), fontsize=8,
+                          ha="center", va="center")
+    ax_e.set_yticks(range(len(names)), names, fontsize=8)
+    ax_e.set_ylim(-0.7, max(len(names), 1) - 0.3)
+    ax_e.invert_yaxis()
+    for j, k in enumerate(kinds):
+        ax_e.plot([], [], lw=5, color=f"C{j % 10}", label=k)
+    if kinds:
+        ax_e.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax_e.set_xlabel("step", fontsize=8)
+    ax_e.tick_params(labelsize=8)
+    ax_l.tick_params(labelsize=8)
+    fig.suptitle(f"{res.name}: events (abrupt changes; docs/analysis.md) next to the loss", fontsize=10)
+    fig.subplots_adjust(left=0.08, right=0.8, hspace=0.15)
+    return fig
+
+
+def summary(results: list) -> dict:
+    """metrics.json's top-level ``events``, ``heads`` and ``composition_edges`` (all results, in order)."""
+    return {"events": [e for r in results for e in r.events], "heads": [h for r in results for h in r.labels],
+            "composition_edges": [e for r in results for e in r.edges]}
+
+
 def write_report(results: list, out_dir: str | Path, title: str = "Series analysis", layers=None, heads=None,
                  json_name: str = "metrics.json", html_name: str = "report.html",
                  metrics: Callable[[], dict] | None = None, workers: int = 2) -> tuple[Path, Path]:
@@ -195,6 +242,22 @@ def write_report(results: list, out_dir: str | Path, title: str = "Series analys
                f"{r.n_layers} layers x {r.n_heads} heads")
         for n in r.notes:
             rep.note(n)
+        if r.events:
+            fig(r, "events", "timeline of events: which heads changed when, next to the loss (change-point rule: "
+                             "docs/analysis.md, Events)")
+            big = sorted(r.events, key=lambda e: (e["layer"] is not None, -abs(e["after"] - e["before"])))[:20]
+            rep.table([{k: (round(v, 4) if isinstance(v, float) else ("" if v is None else v)) for k, v in e.items()}
+                       for e in sorted(big, key=lambda e: e["start"])],
+                      f"the largest events ({len(r.events)} in all in metrics.json)")
+        else:
+            rep.note("No events: no series changed abruptly (docs/analysis.md, Events).")
+        if r.labels:
+            rep.table([{**h, "score": round(h["score"], 3), "baseline": round(h["baseline"], 3)} for h in r.labels],
+                      "head labels: score at the last step above max(first step, uniform-attention null) + "
+                      "1/4 of the way to 1 (docs/analysis.md, Head labels)")
+        if r.edges:
+            rep.table([{**e, "score": round(e["score"], 3), "baseline": round(e["baseline"], 3)} for e in r.edges],
+                      "composition edges above their random-weights baseline (mean + 3 sd)")
         rep.table([{"head": f"L{x.pop('layer')}H{x.pop('head')}", **x} for x in r.final()],
                   f"every head metric at step {r.steps[-1]} (layer L, head H)")
         fig(r, "rank", "QK = W_Q W_K^T and OV = W_V W_O: effective rank (Roy & Vetterli), stable rank, "
@@ -216,7 +279,8 @@ def write_report(results: list, out_dir: str | Path, title: str = "Series analys
             rep.circuitsvis(v, "attention patterns on the first probe sequence (layer, head, step per panel)")
     rep.start_figures(workers)
     try:
-        atomic_write_json(out / json_name, metrics() if metrics is not None else {"series": [r.to_json() for r in results]})
+        got = metrics() if metrics is not None else {"series": [r.to_json() for r in results]}
+        atomic_write_json(out / json_name, {**summary(results), **got})
         rep.save(out / html_name)
     finally:
         rep.stop_figures()
