@@ -19,25 +19,34 @@ from sslens.checkpoints import Series
 
 
 def analyze_series(series: Series, probe: torch.Tensor | None = None, progress: bool | None = None,
-                   views: Views | None = None, batched: bool = True, job=None) -> SeriesResult:
+                   views: Views | None = None, batched: bool = True, job=None, theory: bool = True) -> SeriesResult:
     """Every generic analysis over ``series`` (see :mod:`sslens.analyses.series`).
 
     A directory of state dicts of a plain HookedTransformer goes through the batched path
     (:func:`sslens.analyses.batched.analyze_stacked`, the same numbers); everything else, or ``batched=False``,
     one model load per checkpoint. ``job``: a :func:`sslens.analyses.batched.start_weights` process computing the
-    weight metrics (started before TransformerLens is imported); closed here when unused.
+    weight metrics (started before TransformerLens is imported); closed here when unused. ``theory``: add the
+    theory checks that need the model (:func:`sslens.analyses.own_checks.model_checks`).
     """
+    res = None
     if batched:
         from sslens.analyses import batched as b
 
         if b.supported(series, probe):
             try:
-                return b.analyze_stacked(series, probe, views=views, progress=progress, job=job)
+                res = b.analyze_stacked(series, probe, views=views, progress=progress, job=job)
             except b.Unsupported:
                 pass
-    if job is not None:
-        job.close()
-    return analyze_states(checkpoint_source(series, probe), views=views, progress=progress)
+    if res is None:
+        if job is not None:
+            job.close()
+        res = analyze_states(checkpoint_source(series, probe), views=views, progress=progress)
+    if theory and res.probe is not None:  # the checks that need the model (docs/analysis.md, Theory checks)
+        from sslens.analyses.own_checks import model_checks
+        from sslens.analyses.series import own_threads
+
+        res.checks += own_threads(model_checks)(series, res.probe)
+    return res
 
 
 def report(results: list[SeriesResult], out_dir: Path, layers=None, heads=None, workers: int = 2) -> dict:

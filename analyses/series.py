@@ -432,9 +432,11 @@ def analyze_states(source: StateSource, views: Views | None = None, progress: bo
 
 def finish(res: "SeriesResult") -> "SeriesResult":
     """Events, head labels and composition edges of a result; its attention views around the events."""
-    from sslens.analyses import events, labels
+    from sslens.analyses import events, labels, own_checks
 
     res.events = events.detect(res)
+    row = own_checks.qk_rank_check(res)
+    res.checks = [row] if row is not None else []
     res.labels = labels.head_labels(res)
     res.edges = labels.composition_edges(res)
     if res.views is not None and res.views.steps is None and res.patterns:
@@ -479,6 +481,8 @@ class SeriesResult:
     events: list[dict] = field(default_factory=list)
     labels: list[dict] = field(default_factory=list)
     edges: list[dict] = field(default_factory=list)
+    #: theory checks on this model (``sslens.analyses.own_checks``), rows of ``sslens.analyses.checks``
+    checks: list[dict] = field(default_factory=list)
     key_tokens: list[int] = field(default_factory=list)
     key_mass: Tensor | None = None
     probe: Tensor | None = None
@@ -572,7 +576,7 @@ class SeriesResult:
             "layer": {m: listed(v) for m, v in self.layer.items()},
             "rel_change": {k: listed(v) for k, v in self.rel_change.items()},
             "scalars": {k: listed(v) for k, v in self.scalars.items()},
-            "events": self.events, "heads": self.labels, "composition_edges": self.edges,
+            "events": self.events, "heads": self.labels, "composition_edges": self.edges, "checks": self.checks,
             "key_mass_top": {str(t): listed(self.key_mass[:, :, :, self.key_tokens.index(t)])
                              for t in self.top_key_tokens()},
         }

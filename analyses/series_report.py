@@ -206,9 +206,9 @@ def events_timeline(res, max_rows: int = 12) -> Figure:
 
 
 def summary(results: list) -> dict:
-    """metrics.json's top-level ``events``, ``heads`` and ``composition_edges`` (all results, in order)."""
+    """metrics.json's top-level ``events``, ``heads``, ``composition_edges`` and ``checks`` (all results, in order)."""
     return {"events": [e for r in results for e in r.events], "heads": [h for r in results for h in r.labels],
-            "composition_edges": [e for r in results for e in r.edges]}
+            "composition_edges": [e for r in results for e in r.edges], "checks": [c for r in results for c in r.checks]}
 
 
 def write_report(results: list, out_dir: str | Path, title: str = "Series analysis", layers=None, heads=None,
@@ -255,6 +255,11 @@ def write_report(results: list, out_dir: str | Path, title: str = "Series analys
             rep.table([{**h, "score": round(h["score"], 3), "baseline": round(h["baseline"], 3)} for h in r.labels],
                       "head labels: score at the last step above max(first step, uniform-attention null) + "
                       "1/4 of the way to 1 (docs/analysis.md, Head labels)")
+        if r.checks:
+            from sslens.analyses.checks import table_rows
+
+            rep.table(table_rows(r.checks), "theory checks on this model, each with its measured assumption "
+                                            "('outside' where it does not hold; docs/analysis.md, Theory checks)")
         if r.edges:
             rep.table([{**e, "score": round(e["score"], 3), "baseline": round(e["baseline"], 3)} for e in r.edges],
                       "composition edges above their random-weights baseline (mean + 3 sd)")

@@ -1,0 +1,70 @@
+"""Theory checks on the user's own model (issue 22 item 5): each with its measured assumption, 'outside' otherwise."""
+
+import math
+import warnings
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from sslens.analyses import entropy_bound, qk_gradient
+from sslens.analyses.own_checks import model_checks, qk_rank_check
+from sslens.analyses.series import SeriesResult
+from sslens.checkpoints import open_series, save_config
+
+
+def result(entropy0: float, ranks: list[float]) -> SeriesResult:
+    S = len(ranks)
+    r = SeriesResult(name="x", steps=list(range(S)), n_layers=1, n_heads=2, layer_ids=[0], head_ids=[0, 1])
+    r.head["QK.effective_rank"] = torch.tensor(ranks, dtype=torch.float64)[:, None, None].expand(S, 1, 2).clone()
+    r.head["entropy"] = torch.full((S, 1, 2), entropy0, dtype=torch.float64)
+    r.probe = torch.zeros(1, 8, dtype=torch.long)
+    return r
+
+
+def test_qk_rank_check_measures_its_small_init_assumption():
+    uniform = sum(math.log(q + 1) for q in range(8)) / 8  # uniform causal attention over 8 positions
+    row = qk_rank_check(result(uniform, [4.0, 3.0, 2.5, 2.8]))
+    assert row["pass"] is True and row["measured"] == 2.5 and row["step"] == 2 and "small init" in row["regime"]
+    assert qk_rank_check(result(uniform, [2.0, 2.5, 3.0]))["pass"] is False  # rank rose: the prediction fails
+    out = qk_rank_check(result(0.5 * uniform, [4.0, 3.0, 2.5]))  # attention far from uniform: not small init
+    assert out["pass"] == "outside" and out["regime"].startswith("not small init")
+
+
+def write(d, fields, n=3):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedTransformer(HookedTransformerConfig(**fields, seed=0, device="cpu"))
+    save_config(model, d)
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        torch.save(model.state_dict(), d / f"step_{i}.pt")
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if not name.endswith(("b_Q", "b_K")) or fields.get("bias_step"):
+                    p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+
+def test_model_checks_on_a_checkpoint_series(tmp_path):
+    base = dict(n_layers=2, d_model=16, d_head=4, n_heads=2, d_vocab=20, n_ctx=8, attn_only=True,
+                normalization_type=None)
+    (tmp_path / "a").mkdir()
+    write(tmp_path / "a", base)
+    series = open_series(str(tmp_path / "a"))
+    probe = torch.randint(0, 20, (2, 8), generator=torch.Generator().manual_seed(3))
+    rows = {r["id"]: r for r in model_checks(series, probe)}
+    eb = rows["own.entropy_bound"]
+    want = min(float((b["entropy"] - b["bound"]).min())
+               for b in (entropy_bound.head_entropy_bounds(series.load(s), probe) for s in series.steps))
+    assert eb["pass"] is True and abs(eb["measured"] - want) < 1e-12 and eb["measured"] >= 0
+    al = rows["own.qk_gradient_alignment"]
+    m0, m1 = series.load(0), series.load(1)
+    cos = qk_gradient.alignment(qk_gradient.qk_product(m1) - qk_gradient.qk_product(m0), qk_gradient.qk_gradient(m0, probe))
+    assert al["pass"] == "reported" and torch.allclose(torch.tensor(al["measured"], dtype=torch.float64), cos)
+    # nonzero query/key biases: the heads are not x W_Q W_K^T x^T, both checks say so
+    (tmp_path / "b").mkdir()
+    write(tmp_path / "b", {**base}, n=2)
+    sd = torch.load(tmp_path / "b" / "step_1.pt")
+    sd["blocks.0.attn.b_Q"] = sd["blocks.0.attn.b_Q"] + 0.1
+    torch.save(sd, tmp_path / "b" / "step_1.pt")
+    rows = {r["id"]: r for r in model_checks(open_series(str(tmp_path / "b")), probe)}
+    assert rows["own.entropy_bound"]["pass"] == "outside" and "bias" in rows["own.entropy_bound"]["regime"]
