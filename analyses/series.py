@@ -440,7 +440,8 @@ def finish(res: "SeriesResult") -> "SeriesResult":
     res.labels = labels.head_labels(res)
     res.edges = labels.composition_edges(res)
     if res.views is not None and res.views.steps is None and res.patterns:
-        keep = set(res.views.resolve_steps(res.steps, res.events))
+        keep = set(res.views.resolve_steps(res.steps, res.events)) & set(res.patterns)  # all kept when in budget
+        keep = keep or set(res.views.resolve_steps(res.steps)) & set(res.patterns)
         res.patterns = {s: p for s, p in res.patterns.items() if s in keep}
     return res
 
