@@ -166,9 +166,9 @@ def pattern_view(res, layers: Sequence[int] | None = None, heads: Sequence[int] 
                                         attention_head_names=names)
 
 
-def events_timeline(res, max_rows: int = 12) -> Figure:
+def events_timeline(res, max_rows: int = 12) -> NotebookFigure:
     """The loss (model-level series) above one row per head with events: each event a bar from start to end."""
-    fig = Figure(figsize=(10, 3.6))
+    fig = NotebookFigure(figsize=(12, 5))
     ax_l, ax_e = fig.subplots(2, 1, sharex=True, height_ratios=[1, 1.4])
     x = res.steps
     for j, (k, v) in enumerate(res.scalars.items()):
@@ -176,8 +176,8 @@ def events_timeline(res, max_rows: int = 12) -> Figure:
     for e in (e for e in res.events if e["layer"] is None):
         ax_l.axvspan(e["start"], e["end"], color="0.85", zorder=0)
     if res.scalars:
-        ax_l.legend(fontsize=8)
-    ax_l.set_ylabel("loss", fontsize=8)
+        ax_l.legend(fontsize=LEGEND_PT)
+    ax_l.set_ylabel("loss", fontsize=LABEL_PT)
     rows: dict[str, list] = {}
     for e in res.events:
         if e["layer"] is not None and e["head"] is not None and "." not in e["metric"]:
@@ -188,19 +188,19 @@ def events_timeline(res, max_rows: int = 12) -> Figure:
         for e in rows[r]:
             c = f"C{kinds.index(e['metric']) % 10}"
             ax_e.plot([e["start"], e["end"]], [i, i], lw=5, color=c, solid_capstyle="butt", alpha=0.8)
-            ax_e.annotate("↑" if e["after"] > e["before"] else "↓", ((e["start"] + e["end"]) / 2, i), fontsize=8,
-                          ha="center", va="center")
-    ax_e.set_yticks(range(len(names)), names, fontsize=8)
+            ax_e.annotate("↑" if e["after"] > e["before"] else "↓", ((e["start"] + e["end"]) / 2, i),
+                          ha="center", va="center", fontsize=LABEL_PT)
+    ax_e.set_yticks(range(len(names)), names, fontsize=LABEL_PT)
     ax_e.set_ylim(-0.7, max(len(names), 1) - 0.3)
     ax_e.invert_yaxis()
     for j, k in enumerate(kinds):
         ax_e.plot([], [], lw=5, color=f"C{j % 10}", label=k)
     if kinds:
-        ax_e.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    ax_e.set_xlabel("step", fontsize=8)
-    ax_e.tick_params(labelsize=8)
-    ax_l.tick_params(labelsize=8)
-    fig.suptitle(f"{res.name}: events (abrupt changes; docs/analysis.md) next to the loss", fontsize=10)
+        ax_e.legend(fontsize=LEGEND_PT, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    step_axis(ax_e, x)
+    ax_e.tick_params(labelsize=LABEL_PT)
+    ax_l.tick_params(labelsize=LABEL_PT)
+    fig.suptitle(f"{res.name}: events next to the loss", fontsize=TITLE_PT)
     fig.subplots_adjust(left=0.08, right=0.8, hspace=0.15)
     return fig
 
