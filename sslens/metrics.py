@@ -166,12 +166,17 @@ def composition_scores(
 
     QK = FactoredMatrix(W_Q.to(torch.float64), W_K.to(torch.float64).transpose(-2, -1))
     OV = FactoredMatrix(W_V.to(torch.float64), W_O.to(torch.float64))
-    L = QK.shape[0]
-    mask = torch.arange(L)[:, None, None, None] < torch.arange(L)[None, None, :, None]
+    L, H = QK.shape[:2]
     out = {}
     for mode, right in (("Q", QK), ("K", QK.T), ("V", OV)):
-        s = tl_utils.composition_scores(OV, right, broadcast_dims=True)
-        out[mode] = torch.where(mask, s, torch.zeros_like(s))
+        # one left layer against the later layers at a time: broadcasting every pair at once holds
+        # [layer, head, layer, head, d_model, d_head] (19 GB for GPT-2 small); same numbers, bitwise
+        s = torch.zeros(L, H, L, H, dtype=torch.float64)
+        for l in range(L - 1):
+            s[l:l + 1, :, l + 1:] = tl_utils.composition_scores(FactoredMatrix(OV.A[l:l + 1], OV.B[l:l + 1]),
+                                                                FactoredMatrix(right.A[l + 1:], right.B[l + 1:]),
+                                                                broadcast_dims=True)
+        out[mode] = s
     return out
 
 
