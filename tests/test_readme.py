@@ -29,11 +29,14 @@ assert R.steps == sslens.log_schedule(50), R.steps
 assert tuple(QK.shape) == (len(R.steps), 4, 64, 64)
 _final = model.QK.AB[0].detach()
 assert (QK[-1] - _final).abs().max().item() < 1e-5
-assert set(df.columns) == {"step", "layer", "head", "metric", "value"} and {"entropy", "induction"} <= set(df.metric)
+assert set(df.columns) == {"step", "layer", "head", "metric", "value"} and {"loss", "entropy", "induction"} <= set(df.metric)
 assert all(_math.isfinite(v) for v in df[df.metric == "QK.sv1"].value)
 # the README's `sslens analyze runs/mine` (in-process: same argv)
 from sslens.cli import main as _cli
 assert _cli(["analyze", "runs/mine", "--quiet"]) == 0
+import json as _json
+_m = _json.load(open("runs/mine/metrics.json"))
+assert {"events", "heads", "composition_edges", "checks"} <= set(_m), sorted(_m)  # what the README says it holds
 """
     (tmp_path / "readme_example.py").write_text(script)
     env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
