@@ -183,7 +183,8 @@ class CircuitRecorder:
             ``attach`` (a CPU copy). A recorder never attached and given no reference records no rel_change.
         loss: record the next-token loss on the probe at each recorded step (``scores.loss``; on the default
             repeated-tokens probe also ``scores.loss_in_context``, the loss on the repeated half). Default: for
-            language models (no ``probe_target``, not one of sslens's task models, whose loss is the task's).
+            language models (no ``probe_target``, ``d_vocab_out >= d_vocab``, not one of sslens's task models,
+            whose loss is the task's).
         verbose: print the estimated bytes per recorded step at attach.
         tensorboard: a log directory: every recorded step's scalars as TensorBoard scalars
             ``sslens/{metric}/L{layer}H{head}`` (``sslens.hooks.telemetry``; needs ``sslens[tensorboard]``).
@@ -249,7 +250,8 @@ class CircuitRecorder:
         self.probe_period = probe_period
         self._dets = M.detection_patterns(probe_tokens)
         if loss is None:
-            loss = probe_target is None and not hasattr(model, "sslens_config")
+            loss = (probe_target is None and not hasattr(model, "sslens_config")
+                    and cfg.d_vocab_out >= cfg.d_vocab)  # next-token targets are the probe's own ids
         self.loss = bool(loss)
         self.logged: dict[int, dict[str, float]] = {}
         self.step = start_step

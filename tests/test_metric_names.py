@@ -66,6 +66,12 @@ def test_recordings_with_old_names_load_under_the_new_ones(tmp_path):
     assert df[(df.metric == "previous_token") & (df["head"] == 1)].value.item() == pytest.approx(0.25)
 
 
+def test_no_probe_loss_where_the_probe_ids_are_not_the_outputs():
+    assert CircuitRecorder(small_model(), verbose=False).loss
+    r = CircuitRecorder(small_model(d_vocab_out=3), verbose=False).record(0)  # a classifier head: no next-token loss
+    assert "scores.loss" not in r and "scores.blocks.0.induction" in r
+
+
 def test_log_rejects_a_bad_name():
     from sslens.errors import SslensError
 
