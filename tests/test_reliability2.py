@@ -6,6 +6,8 @@ import json
 import os
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sslens.cli import main
 from sslens.errors import SslensError
@@ -347,3 +349,34 @@ def test_python_m_cli_does_not_import_a_spec_fn_from_the_working_directory(tmp_p
     r = subprocess.run([sys.executable, "-m", "sslens.cli", "sweep", "grid", "spec.json", "--out", "o2", "--quiet"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**env, "PYTHONPATH": "."})
     assert r.returncode == 0 and (tmp_path / "RAN").exists(), r.stderr  # named explicitly: imported
+
+
+# ----- fuzz: any bytes as a probe text, a config.json of .pt checkpoints, or metrics.jsonl lines ----------
+_BYTES = st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode),
+                   st.integers(1, 3000).map(lambda n: b"[" * n + b"]" * n),
+                   st.lists(st.integers(-2**70, 2**70), min_size=1, max_size=6).map(lambda v: " ".join(map(str, v)).encode()))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=_BYTES)
+def test_fuzz_probe_text_and_config_json_are_values_or_one_line(tmp_path, data):
+    from sslens.checkpoints import _read_json, load_probe
+
+    (tmp_path / "p.txt").write_bytes(data)
+    (tmp_path / "config.json").write_bytes(data)
+    for read in (lambda: load_probe(tmp_path / "p.txt"), lambda: _read_json(tmp_path / "config.json")):
+        try:
+            read()
+        except SslensError as e:
+            assert "\n" not in str(e) and str(e).split(":", 1)[0] in ("probe", "config")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(_BYTES, max_size=5))
+def test_fuzz_metrics_lines_never_raise(tmp_path, lines):
+    from sslens.store import RunStore
+
+    store = RunStore(tmp_path)
+    store.metrics_path.write_bytes(b'{"step": 1, "loss": 1.0}\n' + b"\n".join(lines))
+    rows = store.read_metrics()
+    assert rows[:1] == [{"step": 1, "loss": 1.0}] and all(isinstance(r, dict) for r in rows)
