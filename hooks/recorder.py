@@ -224,9 +224,10 @@ class CircuitRecorder:
         wandb: Any = None,
     ):
         require(mode in MODES, "mode", f"got {mode!r}", ", ".join(MODES))
-        from sslens.hooks.telemetry import sinks
+        from sslens.hooks.telemetry import Telemetry
 
-        self._sinks = sinks(tensorboard, wandb)  # live telemetry (sslens.hooks.telemetry), checked now
+        # live telemetry (sslens.hooks.telemetry), checked now
+        self._telemetry = Telemetry(tensorboard, wandb) if tensorboard is not None or wandb is not None else None
         self.mode = mode
         self.run_id: str | None = None
         cfg = model.cfg
@@ -397,12 +398,8 @@ class CircuitRecorder:
                 self.store.save_recording(step, rec, meta)
         else:
             self.records[step] = rec
-        if self._sinks:
-            from sslens.hooks.telemetry import scalars
-
-            values = scalars(step, rec)
-            for sink in self._sinks:
-                sink.write(step, values)
+        if self._telemetry is not None:
+            self._telemetry.record(step, rec)
         return rec
 
     def log(self, step: int | None = None, **scalars: float) -> None:
@@ -420,11 +417,10 @@ class CircuitRecorder:
         if self.store is not None:
             self.store.path.joinpath("recordings").mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.store.path / LOG_FILE, {str(k): v for k, v in sorted(self.logged.items())})
-        if self._sinks:
+        if self._telemetry is not None:
             from sslens.hooks.telemetry import tag
 
-            for sink in self._sinks:
-                sink.write(step, {tag(k): row[k] for k in scalars})
+            self._telemetry.write(step, {tag(k): row[k] for k in scalars})
 
     def _after_step(self, optimizer, args, kwargs) -> None:
         self.step += 1

@@ -12,6 +12,8 @@ TensorBoard: ``torch.utils.tensorboard.SummaryWriter(DIR).add_scalar(tag, value,
 W&B: ``run.log({tag: value, "sslens/step": step})`` with ``sslens/*`` plotted against ``sslens/step``
 (``define_metric``), so the user's own ``run.log`` calls and step counter are left alone. Without the package a
 one-line error names the extra (``pip install 'sslens[tensorboard]'`` / ``'sslens[wandb]'``).
+Events found so far (:class:`Events`: the change-point rule of ``sslens.analyses.events`` over each tag's values up
+to the current step) are logged once each as text ``sslens/events`` (TensorBoard's text tab; a W&B string).
 """
 
 from __future__ import annotations
@@ -107,6 +109,61 @@ class WandbSink(Sink):
 
     def text(self, step: int, name: str, text: str) -> None:  # noqa: D102
         self.run.log({f"{PREFIX}/step": step, f"{PREFIX}/{name}": text})
+
+
+class Events:
+    """Events found so far (``sslens.analyses.events.change_points`` on each tag's values up to now), each once.
+
+    The change-point rule lives with the analyses (a layer above this one); it is called by name
+    (``sslens.registry.load``), as the run store rebuilds models (docs/design.md "Layers").
+    """
+
+    def __init__(self):
+        from sslens.registry import load
+
+        self.change_points = load("sslens.analyses.events:change_points")
+        self.history: dict[str, tuple[list[int], list[float]]] = {}
+        self.seen: set[tuple[str, int]] = set()
+
+    def update(self, step: int, values: dict[str, float]) -> list[str]:
+        """Add ``values`` at ``step``; one line per event not reported before (tag and start step)."""
+        lines = []
+        for k, v in values.items():
+            steps, ys = self.history.setdefault(k, ([], []))
+            if steps and steps[-1] == step:
+                ys[-1] = v
+            else:
+                steps.append(step)
+                ys.append(v)
+            if len(steps) < 4:
+                continue
+            for e in self.change_points(steps, ys):
+                if (k, e["start"]) not in self.seen:
+                    self.seen.add((k, e["start"]))
+                    lines.append(f"{k}: {e['before']:.4g} -> {e['after']:.4g} between steps {e['start']} and {e['end']}")
+        return lines
+
+
+class Telemetry:
+    """The recorder's telemetry: its sinks and the events found so far (logged as text where the tool has it)."""
+
+    def __init__(self, tensorboard: str | Path | None = None, wandb: Any = None):
+        self.sinks = sinks(tensorboard, wandb)
+        self.events = Events()
+
+    def write(self, step: int, values: dict[str, float]) -> list[str]:
+        """Every sink gets ``values`` at ``step``, then a text line per new event; the new events."""
+        for sink in self.sinks:
+            sink.write(step, values)
+        new = self.events.update(step, values)
+        if new:
+            for sink in self.sinks:
+                sink.text(step, "events", "\n\n".join(new))
+        return new
+
+    def record(self, step: int, rec: dict[str, Tensor]) -> list[str]:
+        """A recorded step (:func:`scalars` of ``rec``)."""
+        return self.write(step, scalars(step, rec))
 
 
 def sinks(tensorboard: str | Path | None = None, wandb: Any = None) -> list[Sink]:

@@ -129,3 +129,24 @@ def test_missing_package_is_one_line_naming_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)
     with pytest.raises(SslensError, match=r"^wandb: wandb is not installed; allowed: pip install 'sslens\[wandb\]'$"):
         CircuitRecorder(model, store=None, wandb="project")
+
+
+def test_events_found_so_far_are_logged_once_as_text(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed: pip install 'sslens[tensorboard]' (make test installs it)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from sslens.hooks.telemetry import Telemetry
+
+    t = Telemetry(tensorboard=tmp_path / "tb")
+    wiggle = [0.001 * (-1) ** s for s in range(10)]
+    drop = [(2.0 if s < 6 else 0.5) + w for s, w in enumerate(wiggle)]  # an abrupt drop between steps 5 and 6
+    found = {}
+    for s in range(10):
+        new = t.write(s, {"sslens/entropy/L0H0": drop[s], "sslens/loss": 1.0 + wiggle[s]})
+        if new:
+            found[s] = new
+    assert found == {6: ["sslens/entropy/L0H0: 1.999 -> 0.501 between steps 5 and 6"]}  # when seen, once; none for the flat one
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
+    acc.Reload()
+    (ev,) = acc.Tensors("sslens/events/text_summary")
+    assert ev.step == 6 and ev.tensor_proto.string_val[0].decode() == found[6][0]
