@@ -114,7 +114,9 @@ def test_wandb_offline_history_equals_the_recording(tmp_path, monkeypatch):
     got: dict[str, dict[int, float]] = {}
     for row in rows:
         for k, v in row.items():
-            if k.startswith("sslens/") and k != "sslens/step":
+            if k == "sslens/events":  # text: the events found so far (tested below)
+                assert isinstance(v, str) and " between steps " in v
+            elif k.startswith("sslens/") and k != "sslens/step":
                 got.setdefault(k, {})[row["sslens/step"]] = float("nan") if v in ("NaN", None) else float(v)
     assert sorted({r["sslens/step"] for r in rows if "sslens/loss" in r}) == STEPS
     assert_same(got, expected(recording))
