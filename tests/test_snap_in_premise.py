@@ -85,3 +85,25 @@ def test_fit_C0_recovers_a_known_constant():
         assert fit == pytest.approx(C0, rel=1e-4) and np.allclose(pred, y, rtol=1e-4)
     # with C0 = 1 the relative log chi is the module's log chi (B_n(0) = 0)
     assert np.allclose(rel_log_chi(t, 1000, 10, 2.0, 0.5, 1.0), np.log(th.chi(t, 1000, 10, 2.0, 0.5)))
+
+
+def test_thm1_gamma_against_autograd_and_theorem():
+    """thm1_gamma equals -(M-1)/M <dCE/df_n, f_n> by autograd; with attention frozen (eta_Z = 0) it follows Thm 1's
+    gamma(t) (derived in docs/scan_snap.md) within 2 % on K = 4, M = 60 at eta_Y = 1."""
+    from sslens.engine.population import thm1_gamma
+    from sslens.theory import scan_snap as th
+
+    spec = one_common(K=4, M=60)
+    g = torch.Generator().manual_seed(0)
+    Y = torch.randn(1, 60, 60, generator=g, dtype=torch.float64)
+    c = spec.P()[None]
+    f = (c / c.norm(dim=-1, keepdim=True)).requires_grad_()
+    logits = torch.bmm(f, Y)[0]
+    ce = torch.nn.functional.cross_entropy(logits, torch.tensor(spec.nexts), reduction="sum")
+    (gf,) = torch.autograd.grad(ce, [f])
+    want = -(59 / 60) * (gf * f.detach()).sum(-1)
+    assert torch.allclose(thm1_gamma(c, Y, torch.tensor(spec.nexts)), want, atol=1e-12)
+    out = population_descent(spec, [1.0], 0.0, 200, every=10)
+    t = np.asarray(out["steps"], float)
+    pred = th.gamma(t, 60, 4, 1.0)
+    assert np.allclose(out["gamma"][1:, 0].mean(-1), pred[1:], rtol=0.02)

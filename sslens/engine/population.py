@@ -22,11 +22,11 @@ def population_descent(spec: SequenceClassSpec, eta_Y: list[float], eta_Z: float
 
     Returns ``steps`` (the recorded steps, every ``every`` and the last), ``speed`` [n_rec - 1, R, K] = TV(c_n(s_i),
     c_n(s_{i-1})) / (s_i - s_{i-1}) (the snap rule's speed, ``analyses.scan_snap_checks.snap_step``), ``dz_top``
-    [n_rec, R, K] = z of each class's most likely distinct token (log chi = 2 dz_top), ``loss`` [n_rec, R], and with
-    ``keep_c`` ``c`` [n_rec, R, K, M].
+    [n_rec, R, K] = z of each class's most likely distinct token (log chi = 2 dz_top), ``loss`` [n_rec, R], ``gamma``
+    [n_rec, R, K] = the back-propagated signal of Thm 1 (``thm1_gamma``), and with ``keep_c`` ``c`` [n_rec, R, K, M].
     """
     require(len(eta_Y) >= 1 and all(e > 0 for e in eta_Y), "eta_Y", f"got {eta_Y!r}", "one or more rates > 0")
-    require(eta_Z > 0, "eta_Z", f"got {eta_Z!r}", "a rate > 0")
+    require(eta_Z >= 0, "eta_Z", f"got {eta_Z!r}", "a rate >= 0 (0: attention frozen, Thm 1's limit)")
     require(isinstance(steps, int) and steps >= 1, "steps", f"got {steps!r}", "an int >= 1")
     R, K, M = len(eta_Y), spec.K, spec.M
     P = spec.P()
@@ -39,7 +39,7 @@ def population_descent(spec: SequenceClassSpec, eta_Y: list[float], eta_Z: float
     Z = torch.zeros(R, K, M, dtype=torch.float64, requires_grad=True)
     Y = torch.zeros(R, M, M, dtype=torch.float64, requires_grad=True)
     eY = torch.tensor(eta_Y, dtype=torch.float64)[:, None, None]
-    rec, speed, dz, losses, cs, prev = [], [], [], [], [], None
+    rec, speed, dz, losses, cs, gam, prev = [], [], [], [], [], [], None
     for s in range(steps + 1):
         loss = loss_from_counts(Z, Y, counts, query, target)
         if s % every == 0 or s == steps:
@@ -50,6 +50,7 @@ def population_descent(spec: SequenceClassSpec, eta_Y: list[float], eta_Z: float
                 rec.append(s)
                 prev = c
                 dz.append(Z[:, torch.arange(K), top].numpy().copy())
+                gam.append(thm1_gamma(c, Y.detach(), target[0]).numpy())
                 losses.append(loss.detach().numpy().copy())
                 if keep_c:
                     cs.append(c)
@@ -59,7 +60,23 @@ def population_descent(spec: SequenceClassSpec, eta_Y: list[float], eta_Z: float
         with torch.no_grad():
             Z -= eta_Z * gZ
             Y -= eY * gY
-    out = {"steps": rec, "speed": np.stack(speed), "dz_top": np.stack(dz), "loss": np.stack(losses)}
+    out = {"steps": rec, "speed": np.stack(speed) if speed else np.zeros((0, R, K)), "dz_top": np.stack(dz),
+           "loss": np.stack(losses), "gamma": np.stack(gam)}
     if keep_c:
         out["c"] = torch.stack(cs)
     return out
+
+
+def thm1_gamma(c: torch.Tensor, Y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Thm 1's gamma measured: -(M-1)/M <g_n, f_n>, g_n = dCE_n/df_n = Y (softmax(Y^T f_n) - e_n), f_n = c_n/||c_n||.
+
+    With Z frozen, orthonormal f_n and Y(0) = 0, Y = sum_k f_k u_k^T and g_n = (M gamma / (M-1)) (-f_n + sum_{k != n}
+    f_k / (M-1)) exactly (docs/scan_snap.md "Theorem 1"). c [R, K, M], Y [R, M, M], target [K] -> [R, K].
+    """
+    with torch.no_grad():
+        M = c.shape[-1]
+        f = c / c.norm(dim=-1, keepdim=True)
+        p = torch.softmax(torch.bmm(f, Y), dim=-1)  # [R, K, M]: (Y^T f_n)^T
+        p[:, torch.arange(c.shape[1]), target] -= 1.0
+        g = torch.bmm(p, Y.transpose(1, 2))  # [R, K, M]: (Y (p - e))^T
+        return -(M - 1) / M * (g * f).sum(-1)

@@ -31,6 +31,8 @@ PREMISE = {"K": 10, "M": 1000, "eta_Z": 0.5, "eta_Y": (0.5, 1.0, 2.0, 5.0), "def
 TIME_ORDER_RUNS = ("fig4-left", "fig4-right")  # ss.scan.time_order: the paper's scan figure (docs/scan_snap.md)
 TOL_PREMISE = 4.0  # ss.snap.in_premise: snap / t0 <= 4 (t0 drops Thm 4's (1 + o(1)) factor)
 TOL_TIME_ORDER = 0.8
+TOL_GAMMA = 0.05  # ss.thm1.gamma: max relative error of the measured back-propagated signal against Thm 1's gamma(t)
+GAMMA_STEPS = 400
 FIG4_STEPS = [0, 2, 4, 6, 8, 10]
 
 
@@ -204,6 +206,21 @@ def premise_data(steps: int = PREMISE["steps"], K: int = PREMISE["K"], M: int = 
                      f"chi measured / predicted with the fitted C0 (with C0 = 1: {log_chi[-1, r] / p1:.3g})",
                      "measured": float(log_chi[-1, r] / p), "predicted": 1.0, "tolerance": "reported", "pass": "reported",
                      "regime": regime, "run": where, "step": steps})
+    # Thm 1: the back-propagated signal gamma(t), attention frozen (eta_Z = 0: the theorem's eta_Y >> eta_Z limit)
+    # and in the in-premise run itself (eta_Z = eta_Z: attention moves)
+    frozen = population_descent(spec, [default_eta_Y], 0.0, min(steps, GAMMA_STEPS), every=5)
+    for key, r_steps, gam, ez, judged in (("ss.thm1.gamma", frozen["steps"], frozen["gamma"][:, 0], 0.0, True),
+                                          ("ss.thm1.gamma.in_premise", run["steps"], run["gamma"][:, i], eta_Z, False)):
+        t = np.asarray(r_steps, float)
+        pred = theory.gamma(t, M, K, default_eta_Y)
+        err = float(np.max(np.abs(gam.mean(-1)[t > 0] / pred[t > 0] - 1)))
+        rows.append({"id": key, "check": f"Thm 1: back-propagated signal -(M-1)/M <dCE_n/df_n, f_n> (class mean) vs "
+                     f"gamma(t), eta_Y = {default_eta_Y:g}, eta_Z = {ez:g}: max |measured / gamma - 1| over t in "
+                     f"(0, {int(t[-1])}]", "measured": err, "predicted": 0.0,
+                     "tolerance": f"<= {TOL_GAMMA}" if judged else "reported",
+                     "pass": bool(err <= TOL_GAMMA) if judged else "reported", "regime": regime.replace(
+                         f"eta_Z = {eta_Z:g}", f"eta_Z = {ez:g}").replace(f"{steps} steps", f"{int(t[-1])} steps"),
+                     "run": where, "step": int(t[-1])})
     return {"eta_Y": eta_Y, "snap": snaps, "t0": t0, "rows": rows, "steps": run["steps"], "speed": run["speed"],
             "log_chi": log_chi, "C0": C0, "regime": regime}
 
