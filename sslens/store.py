@@ -149,7 +149,10 @@ def step_file(step: int) -> str:
 
 
 RUN_ENTRIES = frozenset({".lock", "config.json", "checkpoints", "recordings", "metrics.jsonl", "COMPLETE", "DIVERGED",
-                         "FAILED"})  # what a run directory holds (besides .*.tmp files of killed writers)
+                         "FAILED",
+                         # what `sslens analyze RUN` writes into it
+                         "metrics.json", "report.html", "series.json", "series.html"})
+# what a run directory holds (besides .*.tmp files of killed writers)
 SWEEP_MARKERS = frozenset({"runs", "sweep.json", "results.csv", ".lock"})  # one of them in every sweep output directory
 
 
