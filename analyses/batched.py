@@ -172,6 +172,23 @@ def patterns(model, params: dict[str, Tensor], tokens: Tensor) -> list[Tensor]:
         return list(vmap(forward)(params))
 
 
+def probe_loss(model, params: dict[str, Tensor], tokens: Tensor, period: int | None) -> dict[str, Tensor]:
+    """The recorder's probe loss (``sslens.metrics.next_token_loss``) of each stacked state ``[ckpt]``.
+
+    One full forward per checkpoint (its logits ``[probe, pos, vocab]`` only; a vmapped one would hold them all).
+    """
+    from torch.func import functional_call
+
+    C = next(iter(params.values())).shape[0]
+    out: dict[str, list] = {}
+    with torch.no_grad():
+        for j in range(C):
+            logits = functional_call(model, {k: v[j] for k, v in params.items()}, (tokens.to(model.cfg.device),))
+            for k, v in hm.next_token_loss(logits, tokens, period).items():
+                out.setdefault(k, []).append(float(v))
+    return {k: torch.tensor(v, dtype=torch.float64) for k, v in out.items()}
+
+
 def chunk_size(param_bytes: int, n_layers: int, n_heads: int, probe_shape: tuple[int, int], chunk: int = CHUNK) -> int:
     """Checkpoints per batch: at most ``chunk``, within :data:`CHUNK_BYTES`.
 
@@ -473,7 +490,9 @@ def _analyze(series, probe, views, progress, seed, chunk, threads, job) -> Serie
     if job is not None and not use_job:
         job.close()
     # with the job, only what the probe forward reads (the job gives which states are finite, and their notes)
-    fwd = [n for n in names if not _after_last_pattern(n, L)] if use_job else names
+    # the probe loss as the recorder's default (a language model: the probe ids are outputs) needs every parameter
+    loss_wanted = cfg.d_vocab_out >= cfg.d_vocab
+    fwd = [n for n in names if not _after_last_pattern(n, L)] if use_job and not loss_wanted else names
     reader = StateDictReader(files[0], fwd if use_job else list(own))
 
     from concurrent.futures import ThreadPoolExecutor
@@ -481,6 +500,7 @@ def _analyze(series, probe, views, progress, seed, chunk, threads, job) -> Serie
     pool = ThreadPoolExecutor(1) if threads > 1 and not use_job else None
     bar = progress_bar(total=S, progress=progress, desc=f"analyze {series.name} (batched)", unit="step")
     ok = torch.zeros(S, dtype=torch.bool)
+    scalars: dict[str, Tensor] = {}
     import time
 
     t_loop = time.monotonic()
@@ -503,6 +523,9 @@ def _analyze(series, probe, views, progress, seed, chunk, threads, job) -> Serie
                 for j, i in enumerate(rows.tolist()):
                     if steps[i] in keep or keep_all:  # default views: around the events (finish)
                         res.patterns.setdefault(steps[i], {})[l] = pats[l][j, 0].float().clone()
+            if loss_wanted:
+                for k, v in probe_loss(model, X, probe, probe.shape[1] // 2 if rep is None else None).items():
+                    scalars.setdefault(k, torch.full((S,), float("nan"), dtype=torch.float64))[rows] = v
             if rep is not None:  # detection scores on the repeated-tokens probe (as the reference path)
                 rpats = patterns(model, X, rep)
                 for l in range(L):
@@ -542,6 +565,7 @@ def _analyze(series, probe, views, progress, seed, chunk, threads, job) -> Serie
     res.composition = w.comp
     res.rel_change = {n: w.rel[n] for n in names if not torch.isnan(w.rel[n]).all()}
     res.meta["eig_space"] = "recorded"
+    res.scalars = scalars
     res.views = views
     return finish(res)
 

@@ -55,6 +55,9 @@ def assert_same(a, b):
     assert set(a.composition) == set(b.composition)
     for m in b.composition:
         assert a.composition[m].nan_to_num() == pytest.approx(b.composition[m].nan_to_num(), **TOL), m
+    assert set(a.scalars) == set(b.scalars) == {"loss", "loss_in_context"}  # the recorder's probe loss on the reference path
+    for m in b.scalars:
+        assert a.scalars[m].nan_to_num() == pytest.approx(b.scalars[m].nan_to_num(), **TOL), m
     assert set(a.layer) == set(b.layer)
     for m in b.layer:
         assert a.layer[m].nan_to_num() == pytest.approx(b.layer[m].nan_to_num(), **TOL), m
