@@ -68,3 +68,49 @@ def test_model_checks_on_a_checkpoint_series(tmp_path):
     torch.save(sd, tmp_path / "b" / "step_1.pt")
     rows = {r["id"]: r for r in model_checks(open_series(str(tmp_path / "b")), probe)}
     assert rows["own.entropy_bound"]["pass"] == "outside" and "bias" in rows["own.entropy_bound"]["regime"]
+
+
+def test_head_labels_on_hand_built_heads():
+    from sslens.analyses.labels import CLEAR, composition_edges, head_labels, uniform_null
+
+    P = 6
+    probe = torch.arange(2 * P).remainder(P)[None]  # one period of P distinct ids, repeated: no chance repeats
+    null = uniform_null(probe)
+    # uniform causal attention: previous-token mass 1/(q+1) at every q >= 1 (independent formula)
+    assert abs(null["previous_token"] - sum(1 / (q + 1) for q in range(1, 2 * P)) / (2 * P - 1)) < 1e-12
+    r = SeriesResult(name="x", steps=[0, 10, 20], n_layers=1, n_heads=4, layer_ids=[0], head_ids=[0, 1, 2, 3])
+    r.probe = probe
+    prev = [[0.10, 0.50, 0.90],  # head 0: rises far above its start and the null: previous-token head
+            [0.95, 0.90, 0.85],  # head 1: the largest score, but it fell below its initial value: no label
+            [0.10, 0.15, 0.20],  # head 2: rises, but not a quarter of the way from its baseline to 1
+            [0.05, 0.05, 0.05]]  # head 3: flat
+    r.head["previous_token"] = torch.tensor(prev, dtype=torch.float64).T[:, None, :].clone()
+    got = head_labels(r)
+    assert [(h["head"], h["label"]) for h in got] == [(0, "previous_token")]
+    base = max(0.10, null["previous_token"])
+    assert got[0]["baseline"] == base and got[0]["score"] >= base + CLEAR * (1 - base)
+    assert composition_edges(r) == []  # no weights, no composition: nothing claimed
+
+
+def test_a_composition_edge_stands_out_of_its_random_baseline():
+    from sslens.analyses.labels import composition_edges, composition_null
+    from sslens.metrics import composition_scores
+
+    g = torch.Generator().manual_seed(0)
+    L, H, d, dh = 2, 2, 16, 4
+    W_Q, W_K, W_V = (torch.randn(L, H, d, dh, generator=g, dtype=torch.float64) for _ in range(3))
+    W_O = torch.randn(L, H, dh, d, generator=g, dtype=torch.float64)
+    W_O[0, 0] = torch.eye(d, dtype=torch.float64)[:dh]  # L0H0 writes into dims 0..3 ...
+    W_K[1, 0] = torch.eye(d, dtype=torch.float64)[:, :dh]  # ... which L1H0's keys read: K-composition
+    comp = composition_scores(W_Q, W_K, W_V, W_O)
+    r = SeriesResult(name="x", steps=[0], n_layers=L, n_heads=H, layer_ids=[0, 1], head_ids=[0, 1])
+    r.composition = {m: v[None] for m, v in comp.items()}
+    r.meta["dims"] = {"d_model": d, "d_head": dh}
+    edges = composition_edges(r)
+    null = composition_null(2, d, dh)
+    top = edges[0]
+    assert (top["mode"], top["from_layer"], top["from_head"], top["layer"], top["head"]) == ("K", 0, 0, 1, 0)
+    assert top["score"] > null["K"] == top["baseline"]
+    others = [float(comp[m][0, h1, 1, h2]) for m in "QKV" for h1 in range(H) for h2 in range(H) if (m, h1, h2) != ("K", 0, 0)]
+    assert top["score"] > max(others)  # the planted edge is the strongest pair
+    assert all(e["score"] > e["baseline"] for e in edges)
