@@ -7,7 +7,9 @@ kinds) when its score at the last recorded step clears the baseline by a quarter
 
 where the null is the score of a head attending uniformly to the keys it may see on the same probe (what random
 weights at a small initialisation give: their attention logits are near zero). So a head whose score fell below
-its initial value never gets a label, whatever its size. Composition edges (Q/K/V, ``transformer_lens``'s
+its initial value never gets a label, whatever its size. ``induction`` is never given in layer 0: an induction
+head reads where the current token came before through a previous-token head of an earlier layer (K-composition);
+a layer-0 head scoring high on the fixed-period probe attends by position alone. Composition edges (Q/K/V, ``transformer_lens``'s
 composition scores) are reported against their random baseline: the mean + 3 standard deviations of the same
 score between independent Gaussian weights of the same shapes (seeded, :data:`NULL_DRAWS` draws).
 """
@@ -51,6 +53,8 @@ def head_labels(res) -> list[dict]:
                 ok = ~torch.isnan(col)
                 if ok.sum() < 2:
                     continue
+                if kind == "induction" and res._L(li) == 0:
+                    continue  # an induction head needs a previous-token head before it (K-composition)
                 first, last = float(col[ok][0]), float(col[ok][-1])
                 base = max(first, null[kind])
                 if last >= base + CLEAR * (1 - base):

@@ -92,6 +92,17 @@ def test_head_labels_on_hand_built_heads():
     assert composition_edges(r) == []  # no weights, no composition: nothing claimed
 
 
+def test_no_induction_label_in_layer_0():
+    """A rising induction score labels a layer-1 head but never a layer-0 one (it cannot K-compose)."""
+    from sslens.analyses.labels import head_labels
+
+    P = 6
+    r = SeriesResult(name="x", steps=[0, 10], n_layers=2, n_heads=1, layer_ids=[0, 1], head_ids=[0])
+    r.probe = torch.arange(2 * P).remainder(P)[None]
+    r.head["induction"] = torch.tensor([[[0.05], [0.05]], [[0.90], [0.90]]], dtype=torch.float64)  # [step, layer, head]
+    assert [(h["layer"], h["label"]) for h in head_labels(r)] == [(1, "induction")]
+
+
 def test_a_composition_edge_stands_out_of_its_random_baseline():
     from sslens.analyses.labels import composition_edges, composition_null
     from sslens.metrics import composition_scores
