@@ -125,7 +125,7 @@ def plot(res, what: str = "rank", metrics: Sequence[str] | None = None, step: in
                 ax.set_title(f"L{res._L(l)}", fontsize=TITLE_PT)
         return fig
     if what == "condensation":
-        from sslens.analyses.condensation import plot_cosine, reordered_cosine
+        from sslens.analyses.condensation import MAX_NEURONS, plot_cosine, reordered_cosine
 
         pairs = [(l, s, W) for l, d in sorted(res.neurons.items()) for s, W in sorted(d.items())]
         cols = min(max(len(pairs), 1), MAX_COLS)
@@ -133,7 +133,9 @@ def plot(res, what: str = "rank", metrics: Sequence[str] | None = None, step: in
         for ax in axes.flat[len(pairs):]:
             ax.set_visible(False)
         for ax, (l, s, W) in zip(axes.flat, pairs):
-            plot_cosine(reordered_cosine(W)[0], ax, f"L{l} MLP neurons, step {s}")
+            n = W.shape[0]
+            plot_cosine(reordered_cosine(W, MAX_NEURONS)[0], ax,
+                        f"L{l} MLP neurons, step {s}" + (f" ({MAX_NEURONS} of {n}, largest norm)" if n > MAX_NEURONS else ""))
             ax.title.set_fontsize(TITLE_PT)
         return fig
     raise SslensError("plot", f"unknown plot {what!r}", ", ".join(WHAT))

@@ -108,3 +108,14 @@ def test_escape_and_slope():
     fit = loglog_slope(eps.tolist(), t.tolist())
     assert fit["slope"] == pytest.approx(-1, abs=0.05) and fit["ci95"][0] <= fit["slope"] <= fit["ci95"][1]
     assert fit["ci95"][1] - fit["ci95"][0] < 0.1 and fit["n"] == 8
+
+
+def test_reordered_cosine_keeps_the_largest_norm_neurons():
+    """max_neurons keeps the rows of largest norm; the order indexes W's rows and gives the same matrix."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(40, 5, generator=g, dtype=torch.float64)
+    W[[3, 17, 31]] *= 100  # three condensed (large) neurons
+    Cr, order = reordered_cosine(W, max_neurons=3)
+    assert sorted(order.tolist()) == [3, 17, 31]
+    assert torch.allclose(Cr, cosine_matrix(W)[order][:, order])
+    assert reordered_cosine(W, max_neurons=40)[1].shape == (40,)
