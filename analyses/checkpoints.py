@@ -41,7 +41,12 @@ def analyze_series(series: Series, probe: torch.Tensor | None = None, progress: 
         if job is not None:
             job.close()
         res = analyze_states(checkpoint_source(series, probe), views=views, progress=progress)
-    if theory and res.probe is not None:  # the checks that need the model (docs/analysis.md, Theory checks)
+    return add_model_checks(res, series) if theory else res
+
+
+def add_model_checks(res: SeriesResult, series: Series) -> SeriesResult:
+    """``res`` with the theory checks that need the model (docs/analysis.md, Theory checks), whichever path ran it."""
+    if res.probe is not None:
         from sslens.analyses.own_checks import model_checks
         from sslens.analyses.series import own_threads
 

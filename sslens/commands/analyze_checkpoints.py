@@ -139,6 +139,7 @@ def _analyze_one(a: argparse.Namespace, path: str, probe, views, job):
 
 def _ray(a: argparse.Namespace, path: str, s, probe, views):
     """The per-checkpoint states on Ray (:mod:`sslens.analyses.fanout`), analysed here in step order."""
+    from sslens.analyses.checkpoints import add_model_checks
     from sslens.analyses.fanout import Opener, ray_source
     from sslens.analyses.series import analyze_states
     from sslens.store import RunStore
@@ -146,7 +147,7 @@ def _ray(a: argparse.Namespace, path: str, s, probe, views):
     task = RunStore(path).read_config()["task"] if getattr(s, "task", None) is not None else None  # the run's probe
     opener = Opener(path, a.config, tuple(a.checkpoint_indices) if a.checkpoint_indices else None, a.checkpoints, task)
     src = ray_source(s, opener, probe, workers=a.workers, address=a.address, max_retries=a.max_retries)
-    return analyze_states(src, views=views, progress=not a.quiet)
+    return add_model_checks(analyze_states(src, views=views, progress=not a.quiet), s)  # as the local path does
 
 
 def _integrity(s, dedupe: bool) -> tuple[dict[int, str], list[list[int]]]:
