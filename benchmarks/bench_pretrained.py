@@ -8,7 +8,8 @@ nothing is downloaded. In a subprocess with ``HF_HUB_OFFLINE=1`` (peak RSS = its
 - the series as the analysis reads it (``open_series`` + ``load_into`` through TransformerLens's
   ``from_pretrained(checkpoint_index=i)``, and the content hash of each checkpoint) over 1 and over all 10
   checkpoints: one checkpoint is resident at a time, so 10 peak where 1 does;
-- ``sslens analyze-checkpoints`` end to end over 1 checkpoint (the analysis and report of a 144-head model).
+- ``sslens analyze-checkpoints`` end to end over 1 and over all 10 checkpoints (the analysis and report of a
+  144-head model).
 """
 
 from __future__ import annotations
@@ -89,10 +90,11 @@ def main() -> None:
             print(f"series read (open_series + load_into + content hash) over {k} checkpoint{'s' if k > 1 else ''}: "
                   f"peak RSS {rss:.0f} MiB ({rss / size:.1f}x one checkpoint's file), {w:.1f} s wall")
         if not QUICK:
-            w, rss = peak(tmp / "hf", "-m", "sslens.cli", "analyze-checkpoints", "pretrained:stanford-gpt2-small-a",
-                          "--checkpoints", "0", "--out", str(tmp / "out1"), "--quiet")
-            print(f"analyze-checkpoints pretrained:stanford-gpt2-small-a --checkpoints 0 (1 checkpoint, end to end): "
-                  f"peak RSS {rss:.0f} MiB, {w:.1f} s wall")
+            for spec, k in [("0", 1), (f"0-{n - 1}", n)]:
+                w, rss = peak(tmp / "hf", "-m", "sslens.cli", "analyze-checkpoints", "pretrained:stanford-gpt2-small-a",
+                              "--checkpoints", spec, "--out", str(tmp / f"out{k}"), "--quiet")
+                print(f"analyze-checkpoints pretrained:stanford-gpt2-small-a --checkpoints {spec} ({k} checkpoint"
+                      f"{'s' if k > 1 else ''}, end to end): peak RSS {rss:.0f} MiB, {w:.1f} s wall")
 
 
 if __name__ == "__main__":
