@@ -33,6 +33,7 @@ STEP_NOISE = 3.0  # ... and by at least this many noise standard deviations
 EVENT_NOISE = 6.0  # an event changes the series by at least this many noise standard deviations
 MIN_FRACTION = 0.2  # ... and by at least this fraction of the series' range
 STEP_FRACTION = 0.01  # an abrupt interval moves the series by at least this fraction of its range
+FLOOR = 1e-6  # noise and rate scales below FLOOR x max(1, |y|) are float32 rounding, not a scale of the series
 
 
 def change_points(steps: Sequence[int], values: Float[Tensor, " step"] | Sequence[float]) -> list[dict]:
@@ -41,14 +42,17 @@ def change_points(steps: Sequence[int], values: Float[Tensor, " step"] | Sequenc
     s = torch.as_tensor(list(steps), dtype=torch.float64)
     ok = torch.isfinite(y)
     y, s = y[ok], s[ok]
+    last = torch.ones_like(s, dtype=torch.bool)  # a step recorded twice: its last value
+    last[:-1] = s[1:] != s[:-1]
+    y, s = y[last], s[last]
     if len(y) < 4:
         return []
     d = y[1:] - y[:-1]
     r = d / (s[1:] - s[:-1])
     span = float(y.max() - y.min())
-    if span <= 0:
+    floor = FLOOR * max(1.0, float(y.abs().max()))  # float32 resolution: jitter below it is no change
+    if span <= floor:
         return []
-    floor = 1e-12 * max(1.0, float(y.abs().max()))
     rho = max(float(r.abs().median()), floor)
     sigma = max(1.4826 * float(d.abs().median()) / math.sqrt(2), floor)
     abrupt = (r.abs() >= RATE_FACTOR * rho) & (d.abs() >= STEP_NOISE * sigma) & (d.abs() >= STEP_FRACTION * span)

@@ -45,6 +45,15 @@ def test_smooth_and_noise_only_series_have_no_event(seed):
     assert change_points(steps, noise) == []  # noise around a constant
 
 
+def test_float_jitter_and_repeated_steps_are_no_event():
+    y = [2.0] * 10
+    y[5] = 2.0 + 1e-9  # below float32 resolution: no change
+    assert change_points(list(range(10)), y) == []
+    steps = [0, 1, 2, 3, 3, 4, 5, 6]  # step 3 recorded twice (a resumed run): its last value, never start == end
+    ev = change_points(steps, [1.0, 1.01, 0.99, 1.0, 5.0, 5.0, 5.01, 4.99])
+    assert all(e["start"] < e["end"] for e in ev)
+
+
 def oracle_run(tmp_path):
     """A 2-layer attention-only model trained by transformer_lens.train on repeated random tokens, recorded the
     README way; the oracle: plain TransformerLens in-context loss every 10 steps and previous-token scores."""
