@@ -11,12 +11,14 @@ its initial value never gets a label, whatever its size. ``induction`` is never 
 head reads where the current token came before through a previous-token head of an earlier layer (K-composition);
 a layer-0 head scoring high on the fixed-period probe attends by position alone. Composition edges (Q/K/V, ``transformer_lens``'s
 composition scores) are reported against their random baseline: the mean + 3 standard deviations of the same
-score between independent Gaussian weights of the same shapes (seeded, :data:`NULL_DRAWS` draws).
+score between independent Gaussian weights of the same shapes (seeded, :data:`NULL_DRAWS` draws), with z raised
+for the number of head pairs tested (:func:`composition_null`), and above the pair's score at the first step.
 """
 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import torch
 from jaxtyping import Int
@@ -63,8 +65,13 @@ def head_labels(res) -> list[dict]:
     return sorted(out, key=lambda r: (r["layer"], r["head"], -r["score"]))
 
 
-def composition_null(n_layers: int, d_model: int, d_head: int, seed: int = 0) -> dict[str, float]:
-    """Mean + 3 std of Q/K/V composition between heads of independent Gaussian weights of these shapes."""
+def composition_null(n_layers: int, d_model: int, d_head: int, seed: int = 0, n_pairs: int = 1) -> dict[str, float]:
+    """Mean + z std of Q/K/V composition between heads of independent Gaussian weights of these shapes.
+
+    z = max(3, the normal quantile 1 - 0.01 / ``n_pairs``): over the ``n_pairs`` head pairs tested, about a 1 %
+    chance of any random-level pair above it (a GPT-2-small-sized model has 9504 pairs per mode: z = 4.7).
+    """
+    z = max(3.0, NormalDist().inv_cdf(1 - 0.01 / max(n_pairs, 1)))
     g = torch.Generator().manual_seed(seed)
     vals = {m: [] for m in "QKV"}
     for _ in range(NULL_DRAWS):
@@ -72,7 +79,7 @@ def composition_null(n_layers: int, d_model: int, d_head: int, seed: int = 0) ->
         W_O = torch.randn(2, 1, d_head, d_model, generator=g, dtype=torch.float64)
         for m, s in composition_scores(*W, W_O).items():
             vals[m].append(float(s[0, 0, 1, 0]))
-    return {m: (sum(v) / len(v)) + 3 * math.sqrt(sum((x - sum(v) / len(v)) ** 2 for x in v) / (len(v) - 1))
+    return {m: (sum(v) / len(v)) + z * math.sqrt(sum((x - sum(v) / len(v)) ** 2 for x in v) / (len(v) - 1))
             for m, v in vals.items()}
 
 
@@ -84,16 +91,17 @@ def composition_edges(res) -> list[dict]:
     d = res.meta.get("dims")
     if not res.composition or not d:
         return []
-    null = composition_null(2, d["d_model"], d["d_head"])
+    L, H = res.n_layers, res.n_heads
+    null = composition_null(2, d["d_model"], d["d_head"], n_pairs=H * H * L * (L - 1) // 2)
     out = []
     for mode, v in res.composition.items():
-        last = v[-1]
+        last, first = v[-1], v[0]
         for l1 in range(res.n_layers):
             for h1 in range(res.n_heads):
                 for l2 in range(l1 + 1, res.n_layers):
                     for h2 in range(res.n_heads):
                         s = float(last[l1, h1, l2, h2])
-                        if s > null[mode]:
+                        if s > null[mode] and (len(v) == 1 or s > float(first[l1, h1, l2, h2])):  # and it grew
                             out.append({"mode": mode, "from_layer": res._L(l1), "from_head": res._H(h1),
                                         "layer": res._L(l2), "head": res._H(h2), "score": s, "baseline": null[mode]})
     return sorted(out, key=lambda r: -r["score"])[:MAX_EDGES]
