@@ -69,7 +69,12 @@ def _init(workers: int, address: str | None) -> bool:
         return False
     kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        ray.init(address=address, **kw) if address else ray.init(num_cpus=workers, **kw)
+        if address:  # a dead address fails within RAY_CONNECT_TIMEOUT_S, in one line (as sweep grid)
+            from sslens.sweeps.grid import _connect_ray
+
+            _connect_ray(ray, address, kw)
+        else:
+            ray.init(num_cpus=workers, **kw)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise SslensError("--address", f"cannot connect to Ray at {address!r} ({str(e).splitlines()[0]})",
                           "the address printed by `ray start --head`, e.g. 10.0.0.1:6379, or none for a local Ray") from None

@@ -483,12 +483,16 @@ class CircuitRecorder:
         """
         prev_ref = getattr(self.model, "_sslens_recorder", None)
         prev = prev_ref() if prev_ref is not None else None
+        handoff = False
         if prev is not None and prev is not self and prev._handle is not None:
             warnings.warn("CircuitRecorder: this model already had an attached recorder; it is detached and "
                           "replaced by the new one", stacklevel=2)
             prev.detach()
             if prev.store is not None and self.store is not None and prev.store.path.resolve() == self.store.path.resolve():
                 self.run_id = self.run_id or prev.run_id  # the same live model goes on recording the same run
+                self.step = max(self.step, prev.step)  # ... from the step it reached: nothing recorded is dropped
+                self.logged = {**prev.logged, **self.logged}
+                handoff = True
         if self._handle is not None:
             self.detach()
         if self.store is not None:
@@ -501,7 +505,9 @@ class CircuitRecorder:
                 self._lock = None
                 raise
             log = self.store.path / LOG_FILE
-            if log.is_file() and self.mode == "resume":  # the run's earlier scalars (CircuitRecorder.log)
+            if handoff:
+                pass  # self.logged already holds the run's scalars
+            elif log.is_file() and self.mode == "resume":  # the run's earlier scalars (CircuitRecorder.log)
                 import json
 
                 old = {int(k): v for k, v in json.loads(log.read_text()).items()}

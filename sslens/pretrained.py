@@ -33,6 +33,7 @@ def parse_checkpoints(spec: str, labels: list[int]) -> list[int]:
     out: set[int] = set()
     items = [x.strip() for x in spec.split(",") if x.strip()]
     require(bool(items), "--checkpoints", "empty", SPEC_HELP)
+    require(n > 0, "--checkpoints", "the series has no checkpoints", "a series with at least one checkpoint")
     for item in items:
         m = _ITEM.match(item)
         require(m is not None, "--checkpoints", f"{item!r} is not a checkpoint item", SPEC_HELP)
@@ -41,6 +42,7 @@ def parse_checkpoints(spec: str, labels: list[int]) -> list[int]:
         elif m.group("a") is not None:
             a, b = int(m.group("a")), int(m.group("b"))
             require(a <= b, "--checkpoints", f"{item!r}: range runs backwards", "A-B with A <= B")
+            require(b < n, "--checkpoints", f"{item!r}: index {b} >= {n} checkpoints", f"indices 0..{n - 1}")
             idx = list(range(a, b + 1))
         elif m.group("k") is not None:
             k = int(m.group("k"))

@@ -61,10 +61,13 @@ def test_parse_checkpoints():
     assert parse_checkpoints("step1000, 0-1", labels) == [0, 1, 7]
     assert parse_checkpoints("all", labels) == list(range(9))
     for bad, words in [("9", "index 9 >= 9"), ("3-1", "backwards"), ("step3", "no checkpoint at step 3"), ("x", "not a checkpoint item"),
-                       ("every 0", "K must be >= 1"), ("", "empty")]:
+                       ("every 0", "K must be >= 1"), ("", "empty"), ("0-100000000000", "index 100000000000 >= 9")]:
         with pytest.raises(SslensError, match=words) as e:
             parse_checkpoints(bad, labels)
         assert "\n" not in str(e.value) and str(e.value).startswith("--checkpoints:")
+    for spec in ("every 3", "step5", "0"):  # an empty series: one line, no IndexError
+        with pytest.raises(SslensError, match="no checkpoints"):
+            parse_checkpoints(spec, [])
 
 
 def test_pythia_series_loads_offline_with_the_saved_weights(offline):

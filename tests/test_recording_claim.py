@@ -79,3 +79,20 @@ def test_restarted_loop_refused_then_resume_and_overwrite(tmp_path):
 def test_bad_mode_one_line(tmp_path):
     with pytest.raises(SslensError, match="mode: got 'append'; allowed: new, resume, overwrite"):
         rec(tl_model(), tmp_path, mode="append")
+
+
+def test_rerunning_the_recorder_cell_on_the_same_model_keeps_the_recorded_steps(tmp_path):
+    """A notebook re-run of `CircuitRecorder(model, store).attach(opt)` goes on from the model's step: nothing dropped."""
+    model = tl_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    first = rec(model, tmp_path / "R").attach(opt)
+    steps(model, opt, 5)
+    first.log(3, train_loss=1.5)
+    assert Recording(tmp_path / "R").steps == [0, 1, 2, 3, 4, 5]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "this model already had an attached recorder"
+        again = rec(model, tmp_path / "R").attach(opt)
+    steps(model, opt, 2)
+    again.detach()
+    R = Recording(tmp_path / "R")
+    assert R.steps == list(range(8)) and R.logged()[3] == {"train_loss": 1.5}
