@@ -120,11 +120,24 @@ def weights_file(repo: str, rev: str) -> Path:
 
 
 def read_tensors(path: Path) -> dict:
-    """The tensors of a weights file as stored (``safetensors`` or ``torch.load(weights_only=True)``)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """The tensors of a weights file as stored (``safetensors`` or ``torch.load(weights_only=True)``).
 
-        return load_file(str(path))
+    A truncated or corrupt file (a broken download) is one line naming it.
+    """
+    import pickle
+
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import SafetensorError
+            from safetensors.torch import load_file
+
+            try:
+                return load_file(str(path))
+            except SafetensorError as e:
+                raise ValueError(str(e)) from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise SslensError("checkpoint", f"{path} is not a readable weights file ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:120]})", "a complete download in the local cache") from None

@@ -133,3 +133,13 @@ def test_pretrained_series_duplicates_and_dedupe(offline):
     hashes, groups = _integrity(s, dedupe=True)
     assert groups == [[2, 4]] and s.steps == [0, 2] and set(hashes) == {0, 2, 4}
     torch.testing.assert_close(analyze_series(s, progress=False).head["entropy"], ent[[0, 2]], rtol=1e-12, atol=0)
+
+
+def test_a_corrupt_weights_file_is_one_line(tmp_path):
+    from sslens.pretrained import read_tensors
+
+    for name, data in (("model.safetensors", b"\x01\x00"), ("pytorch_model.bin", b"PK\x03\x04 truncated")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(SslensError, match="not a readable weights file") as e:
+            read_tensors(tmp_path / name)
+        assert "\n" not in str(e.value) and str(e.value).startswith("checkpoint:")
