@@ -7,11 +7,11 @@ import einops
 import pytest
 import torch
 from hub_cache import add_revision, hf_model
+from in_process import cli
 from safetensors.torch import load_file
 
 from sslens import compat
 from sslens.checkpoints import open_series
-from sslens.cli import main
 from sslens.errors import SslensError
 from sslens.pretrained import parse_checkpoints, snapshot
 
@@ -40,16 +40,6 @@ def offline(hub, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return hub
-
-
-def cli(argv, capsys):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err + out, err
-    return code, out, err
 
 
 def test_parse_checkpoints():

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from in_process import cli
 
 from sslens.cli import main
 from sslens.data.sequence_classes import syn_small
@@ -33,17 +34,6 @@ TINY = ["--preset", "syn-small", "--batch", "8", "--seq-len", "8", "--eta-y", "3
 
 def tiny_argv(out, steps=6, *extra):
     return ["train", "scan-snap", *TINY, "--steps", str(steps), "--out", str(out), *extra]
-
-
-def cli(argv, capsys):
-    """``sslens.cli.main`` in-process: (exit code, stdout, stderr); a traceback fails the test."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err + out, err
-    return code, out, err
 
 
 def one_line(err: str) -> str:
